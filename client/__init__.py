@@ -1,0 +1,1 @@
+"""The data owner's side of lmeraser: summaries, routing and local prompt training."""

@@ -1,0 +1,66 @@
+"""Local training of one cluster's prompt and head on the owner's samples routed to it."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..shared.backbone import Backbone
+from ..shared.data import normalize
+from ..shared.prompt import PromptedClassifier
+
+
+def train_cluster(backbone: Backbone, parameters: dict[str, np.ndarray], images: torch.Tensor,
+                  labels: np.ndarray, num_classes: int, prompt_width: int, epochs: int, batch_size: int,
+                  prompt_lr: float, head_lr: float, shuffle: torch.Generator) -> tuple[dict[str, np.ndarray], float]:
+    """Run ``epochs`` passes of Adam over ``images`` and return the new parameters and mean loss.
+
+    The optimizer state starts fresh on every call, as in federated averaging where only the
+    parameters are shared between rounds. Batch order comes from ``shuffle`` alone.
+    """
+    model = PromptedClassifier(backbone, num_classes, prompt_width)
+    model.set_parameters(parameters)
+    optimizer = torch.optim.Adam([
+        {"params": model.prompt.parameters(), "lr": prompt_lr},
+        {"params": model.head.parameters(), "lr": head_lr},
+    ])
+    criterion = nn.CrossEntropyLoss()
+    targets = torch.from_numpy(labels)
+
+    total_loss, steps = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(len(targets), generator=shuffle)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            inputs = normalize(images[batch], backbone.mean, backbone.std)
+            loss = criterion(model(inputs), targets[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach())
+            steps += 1
+    return model.get_parameters(), total_loss / max(steps, 1)
+
+
+@torch.no_grad()
+def predict_logits(backbone: Backbone, parameters: dict[str, np.ndarray], images: torch.Tensor,
+                   num_classes: int, prompt_width: int, batch_size: int = 256) -> torch.Tensor:
+    """Return logits (N, num_classes) of the prompted classifier on uint8 images."""
+    model = PromptedClassifier(backbone, num_classes, prompt_width)
+    model.set_parameters(parameters)
+    outputs = [model(normalize(images[i:i + batch_size], backbone.mean, backbone.std))
+               for i in range(0, len(images), batch_size)]
+    return torch.cat(outputs) if outputs else torch.zeros(0, num_classes)
+
+
+def nearest_prototype(features: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """Return, per feature row, the index of the nearest prototype (Euclidean; ties to the lowest)."""
+    features64 = np.asarray(features, dtype=np.float64)
+    prototypes64 = np.asarray(prototypes, dtype=np.float64)
+    distances = (
+        (features64 ** 2).sum(1, keepdims=True)
+        - 2.0 * features64 @ prototypes64.T
+        + (prototypes64 ** 2).sum(1)[None, :]
+    )
+    return distances.argmin(axis=1)

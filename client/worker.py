@@ -1,0 +1,180 @@
+"""An owner's worker: answers the server's tasks over the owner's private images.
+
+Only aggregates leave the worker: k-means centroids with counts, per-cluster sample counts
+with a digest of which samples they are, and trained prompt and head parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import time
+
+import numpy as np
+import torch
+
+from ..shared import protocol
+from ..shared.backbone import Backbone
+from ..shared.config import JobConfig
+from ..shared.data import ImageSet, normalize
+from ..shared.errors import BackboneError, LmeraserError
+from ..shared.prompt import PARAMETER_NAMES
+from ..shared.protocol import Reply, Task
+from ..shared.seeding import derive_seed, generator
+from .training import nearest_prototype, train_cluster
+
+logger = logging.getLogger(__name__)
+
+
+class OwnerWorker:
+    """Serve one owner's tasks.
+
+    Parameters
+    ----------
+    owner_id : str
+        The owner's id, as the server's ledger names it.
+    data : ImageSet
+        The owner's training images; they never leave this object.
+    backbone : Backbone
+        The frozen backbone; its hash must match the server's.
+    job : JobConfig
+        Training configuration shared by the federation.
+    """
+
+    def __init__(self, owner_id: str, data: ImageSet, backbone: Backbone, job: JobConfig) -> None:
+        if len(data) == 0:
+            raise LmeraserError(f"owner {owner_id} has zero training samples; give the owner images or "
+                                f"leave it out of the federation")
+        self.owner_id = owner_id
+        self.data = data
+        self.backbone = backbone
+        self.job = job
+
+    # ------------------------------------------------------------------ local state
+
+    @functools.cached_property
+    def features(self) -> np.ndarray:
+        """Pooled backbone features (N, d) of the owner's images, without any prompt."""
+        started = time.perf_counter()
+        with torch.no_grad():
+            chunks = [
+                self.backbone.embed(normalize(self.data.images[i:i + 512], self.backbone.mean, self.backbone.std))
+                for i in range(0, len(self.data), 512)
+            ]
+        features = torch.cat(chunks).numpy()
+        logger.debug("owner %s embedded %d images in %.1fs", self.owner_id, len(features),
+                     time.perf_counter() - started)
+        return features
+
+    def route(self, prototypes: np.ndarray, keys: list[str]) -> dict[str, np.ndarray]:
+        """Route each sample to its nearest prototype among ``keys``; return indices per key."""
+        if len(keys) == 0:
+            return {}
+        nearest = nearest_prototype(self.features, prototypes)
+        return {key: np.flatnonzero(nearest == index) for index, key in enumerate(keys)}
+
+    def digest(self, indices: np.ndarray) -> str:
+        """Return a SHA-256 of the sample ids and labels at ``indices`` (names which samples, not what)."""
+        payload = [(self.data.sample_ids[i], int(self.data.labels[i])) for i in indices]
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+    # ------------------------------------------------------------------ tasks
+
+    def handle(self, task: Task) -> Reply:
+        """Check the backbone hash, run ``task`` and return its reply; input errors become replies."""
+        try:
+            expected = task.config.get("backbone-sha256", "")
+            if expected and expected != self.backbone.sha256:
+                raise BackboneError(
+                    f"owner {self.owner_id}'s backbone {self.backbone.name} has sha256 "
+                    f"{self.backbone.sha256[:12]}, the server expects {expected[:12]}; "
+                    f"load the same weights on both sides"
+                )
+            handler = {
+                protocol.HELLO: self.hello,
+                protocol.SUMMARIZE: self.summarize,
+                protocol.ASSIGN: self.assign,
+                protocol.TRAIN: self.train,
+            }.get(task.kind)
+            if handler is None:
+                raise LmeraserError(f"unknown task kind {task.kind!r}; expected one of {protocol.TASK_KINDS}")
+            return handler(task)
+        except LmeraserError as error:
+            logger.error("owner %s rejected task %s: %s", self.owner_id, task.kind, error)
+            return Reply(config={"owner": self.owner_id}, error=str(error))
+
+    def hello(self, task: Task) -> Reply:
+        """Return the owner id, its sample count and backbone identity."""
+        return Reply(config={
+            "owner": self.owner_id,
+            "samples": len(self.data),
+            "backbone": self.backbone.name,
+            "backbone-sha256": self.backbone.sha256,
+        })
+
+    def summarize(self, task: Task) -> Reply:
+        """Return at most ``summary-k`` k-means centroids of the owner's features and their counts."""
+        from sklearn.cluster import KMeans
+
+        features = self.features.astype(np.float64)
+        distinct = len(np.unique(features.round(6), axis=0))
+        k = max(1, min(int(task.config["summary-k"]), distinct))
+        seed = derive_seed(int(task.config["seed"]), "summary", self.owner_id) % (2 ** 32)
+        kmeans = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(features)
+        counts = np.bincount(kmeans.labels_, minlength=k)
+        keep = counts > 0
+        logger.info("owner %s summarised %d samples into %d centroids", self.owner_id, len(features), keep.sum())
+        return Reply(
+            config={"owner": self.owner_id},
+            arrays={"centroids": kmeans.cluster_centers_[keep].astype(np.float32),
+                    "counts": counts[keep].astype(np.int64)},
+        )
+
+    def _routes_from(self, task: Task) -> dict[str, np.ndarray]:
+        keys = json.loads(task.config["routing-keys"])
+        return self.route(task.arrays["routing-prototypes"], keys)
+
+    def assign(self, task: Task) -> Reply:
+        """Return, per cluster, how many samples route there, a digest of which ones and their labels."""
+        routes = self._routes_from(task)
+        num_classes = int(task.config["num-classes"])
+        report = {
+            key: [int(len(idx)), self.digest(idx), np.bincount(self.data.labels[idx], minlength=num_classes).tolist()]
+            for key, idx in routes.items() if len(idx)
+        }
+        logger.info("owner %s routed %d samples to clusters %s", self.owner_id, len(self.data),
+                    {key[:8]: value[0] for key, value in report.items()})
+        return Reply(config={"owner": self.owner_id, "routes": protocol.dumps(report)})
+
+    def train(self, task: Task) -> Reply:
+        """Train each listed cluster's prompt and head on the samples routed to it."""
+        routes = self._routes_from(task)
+        clusters = protocol.split_cluster_arrays(task.arrays)
+        seed, round_number = int(task.config["seed"]), int(task.config["round"])
+        arrays: dict[str, np.ndarray] = {}
+        samples: dict[str, int] = {}
+        losses: dict[str, float] = {}
+
+        for key in sorted(clusters):
+            indices = routes.get(key, np.zeros(0, dtype=np.int64))
+            if len(indices) == 0:
+                raise LmeraserError(f"owner {self.owner_id} has no samples routed to cluster {key[:12]}; "
+                                    f"the server's ledger is out of date")
+            parameters, loss = train_cluster(
+                self.backbone, {name: clusters[key][name] for name in PARAMETER_NAMES},
+                self.data.images[torch.from_numpy(indices)], self.data.labels[indices],
+                num_classes=int(task.config["num-classes"]), prompt_width=self.job.prompt_width,
+                epochs=self.job.local_epochs, batch_size=self.job.batch_size,
+                prompt_lr=self.job.prompt_lr, head_lr=self.job.head_lr,
+                shuffle=generator(seed, "shuffle", key, round_number, self.owner_id),
+            )
+            for name, value in parameters.items():
+                arrays[protocol.cluster_array_name(key, name)] = value
+            samples[key], losses[key] = int(len(indices)), loss
+            logger.info("owner %s round %d cluster %s: %d samples, loss %.4f", self.owner_id, round_number,
+                        key[:8], len(indices), loss)
+
+        return Reply(config={"owner": self.owner_id, "samples": protocol.dumps(samples),
+                             "losses": protocol.dumps(losses)}, arrays=arrays)

@@ -1,0 +1,2 @@
+"""The operator's side of lmeraser: clustering, the membership ledger, federated training,
+revocation and the model store."""

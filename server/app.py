@@ -1,0 +1,103 @@
+"""The lmeraser ServerApp: the engine driven over Flower's Grid (Message API).
+
+Under ``flwr run .`` the job configuration is the app's run config (pyproject.toml's
+``[tool.flwr.app.config]``, overridable with ``--run-config``); ``lmeraser simulate`` builds the
+app with :func:`make_server_app` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.serverapp import Grid, ServerApp
+
+from ..shared import protocol
+from ..shared.config import JobConfig
+from ..shared.environment import configure_offline_environment
+from ..shared.errors import LmeraserError
+from ..shared.flower_codec import encode, message_type, reply_from_message
+from ..shared.protocol import Reply, Task
+from .job import run_job
+
+configure_offline_environment()
+logger = logging.getLogger(__name__)
+
+
+class GridTransport:
+    """Deliver engine tasks as Flower messages through a ``Grid``.
+
+    Every task carries the job configuration, so a ClientApp process needs no other state to
+    build its owner's worker. Owners are discovered once with a ``hello`` query.
+
+    Parameters
+    ----------
+    grid : Grid
+        The Grid of the running ServerApp.
+    job : JobConfig
+        Configuration sent with every task.
+    timeout : float, optional
+        Seconds to wait for replies per exchange; ``None`` waits for all.
+    """
+
+    def __init__(self, grid: Grid, job: JobConfig, timeout: float | None = None) -> None:
+        self.grid = grid
+        self.job_json = json.dumps(job.to_mapping(), sort_keys=True)
+        self.timeout = timeout
+        self.nodes: dict[str, int] = {}
+
+    def _messages(self, tasks: dict[int, Task]) -> list[Message]:
+        messages = []
+        for node_id, task in tasks.items():
+            config = {**task.config, "job": self.job_json}
+            messages.append(Message(encode(config, task.arrays), dst_node_id=node_id,
+                                    message_type=message_type(task.kind)))
+        return messages
+
+    def discover(self) -> dict[str, int]:
+        """Ask every connected node for its owner id and return owner -> node id."""
+        node_ids = sorted(self.grid.get_node_ids())
+        replies = self.grid.send_and_receive(self._messages({n: Task(protocol.HELLO) for n in node_ids}),
+                                             timeout=self.timeout)
+        nodes = {}
+        for message in replies:
+            reply = reply_from_message(message)
+            if reply.error:
+                raise LmeraserError(f"node {message.metadata.src_node_id} failed to start: {reply.error}")
+            nodes[str(reply.config["owner"])] = message.metadata.src_node_id
+        logger.info("discovered %d owners on %d nodes", len(nodes), len(node_ids))
+        self.nodes = nodes
+        return nodes
+
+    def owners(self) -> list[str]:
+        """Return discovered owner ids, sorted (discovering on first use)."""
+        if not self.nodes:
+            self.discover()
+        return sorted(self.nodes)
+
+    def send(self, tasks: dict[str, Task]) -> dict[str, Reply]:
+        """Send each owner its task in one Grid exchange and map replies back to owners."""
+        owner_of = {self.nodes[owner]: owner for owner in tasks}
+        replies = self.grid.send_and_receive(self._messages({self.nodes[o]: t for o, t in tasks.items()}),
+                                             timeout=self.timeout)
+        return {owner_of[m.metadata.src_node_id]: reply_from_message(m) for m in replies}
+
+
+def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
+    """Build a ServerApp whose job is the run config updated with ``overrides``."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        settings = {**dict(context.run_config), **dict(overrides or {})}
+        job = JobConfig.from_mapping(settings)
+        logger.info("lmeraser job starting: %s", job.to_mapping())
+        run_job(job, GridTransport(grid, job))
+
+    return server_app
+
+
+app = make_server_app()

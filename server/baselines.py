@@ -1,0 +1,32 @@
+"""Baselines that are not federated prompt training: a linear probe on frozen features."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..shared.backbone import Backbone
+from ..shared.data import ImageSet
+from .evaluation import embed_images
+
+logger = logging.getLogger(__name__)
+
+
+def linear_probe_accuracy(backbone: Backbone, train: ImageSet, test: ImageSet,
+                          test_features: np.ndarray | None = None, regularization: float = 0.1) -> float:
+    """Fit logistic regression (inverse regularisation ``C``) on pooled training features and
+    return its test accuracy.
+
+    The probe sees the pooled training set, which no federated method does: it is a
+    reference for what the frozen features alone give, not a federated baseline.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    train_features = embed_images(backbone, train.images)
+    if test_features is None:
+        test_features = embed_images(backbone, test.images)
+    probe = LogisticRegression(C=regularization, max_iter=2000).fit(train_features, train.labels)
+    accuracy = float((probe.predict(test_features) == test.labels).mean())
+    logger.info("linear probe on %d frozen features: accuracy %.4f", train_features.shape[1], accuracy)
+    return accuracy

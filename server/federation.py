@@ -1,0 +1,366 @@
+"""The training and unlearning engine: summaries, clustering, assignment, per-cluster FedAvg.
+
+The engine talks to owners only through a :class:`~lmeraser.server.transport.Transport`, so the
+same code drives in-process workers, Flower's Simulation Engine and real SuperNodes.
+
+Exactness rules followed here (a revocation must give the tensors of a fresh run without the
+revoked owner):
+
+- every seed of a cluster derives from the global seed and the cluster's content key;
+- aggregation sums members in sorted owner-id order, never in reply order;
+- a cluster keeps its trained prompt and head after a revocation only if its key (its member
+  summaries) and its ledger entry (members, counts, sample digests) are both unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..shared import protocol
+from ..shared.backbone import Backbone
+from ..shared.config import JobConfig
+from ..shared.errors import LmeraserError, RevocationError
+from ..shared.prompt import PARAMETER_NAMES, initial_parameters
+from ..shared.protocol import Reply, Task
+from ..shared.seeding import derive_seed
+from .clustering import Cluster, SummaryItem, cluster_summaries, make_cluster
+from .ledger import Contribution, MembershipLedger
+from .model import ENSEMBLE, ROUTED, ModelVersion
+from .transport import Transport
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("routed", "global", "random")
+
+
+class OwnerTaskError(LmeraserError):
+    """An owner replied with an error instead of a result."""
+
+
+@dataclasses.dataclass
+class Cost:
+    """What a training or unlearning run cost.
+
+    Attributes
+    ----------
+    clusters_trained : int
+        Clusters trained from initialisation.
+    owners_contacted : int
+        Distinct owners that received any task.
+    sample_epochs : int
+        Sum over trained clusters and members of routed samples x local epochs x rounds.
+    wall_seconds : float
+        Wall-clock time of the run.
+    """
+
+    clusters_trained: int = 0
+    owners_contacted: int = 0
+    sample_epochs: int = 0
+    wall_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the fields as a dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class RevocationReport:
+    """Outcome of revoking one owner, with the cost of the same change done by full retraining."""
+
+    owner: str
+    already_revoked: bool
+    clusters_before: int
+    clusters_after: int
+    kept: list[str]
+    retrained: list[str]
+    dropped: list[str]
+    cost: Cost
+    full_retrain: Cost
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the report as a JSON-ready dict."""
+        data = dataclasses.asdict(self)
+        data["cost"], data["full_retrain"] = self.cost.to_json(), self.full_retrain.to_json()
+        return data
+
+
+class Federation:
+    """Drive a federation of owners through training and revocation.
+
+    Parameters
+    ----------
+    transport : Transport
+        Delivers tasks to owners.
+    job : JobConfig
+        Clustering and training configuration.
+    backbone : Backbone
+        The server's copy of the frozen backbone; owners must hold the same hash.
+    classes : list of str
+        Class names of the task.
+    progress : bool, default True
+        Show progress bars for training rounds.
+    """
+
+    def __init__(self, transport: Transport, job: JobConfig, backbone: Backbone, classes: list[str],
+                 progress: bool = True) -> None:
+        self.transport = transport
+        self.job = job
+        self.backbone = backbone
+        self.classes = list(classes)
+        self.progress = progress
+        self.contacted: set[str] = set()
+
+    # ------------------------------------------------------------------ messaging
+
+    def _config(self, **extra: Any) -> dict[str, Any]:
+        return {"seed": self.job.seed, "backbone-sha256": self.backbone.sha256,
+                "num-classes": len(self.classes), **extra}
+
+    def _send(self, tasks: dict[str, Task]) -> dict[str, Reply]:
+        self.contacted.update(tasks)
+        replies = self.transport.send(tasks)
+        missing = sorted(set(tasks) - set(replies))
+        if missing:
+            raise OwnerTaskError(f"no reply from owners {missing} to task {next(iter(tasks.values())).kind}")
+        errors = {owner: reply.error for owner, reply in replies.items() if reply.error}
+        if errors:
+            details = "; ".join(f"{owner}: {error}" for owner, error in sorted(errors.items()))
+            raise OwnerTaskError(f"owners rejected the task: {details}")
+        return replies
+
+    # ------------------------------------------------------------------ phases
+
+    def check_owners(self, owners: list[str]) -> dict[str, int]:
+        """Check every owner's backbone hash and return its training-sample count."""
+        replies = self._send({owner: Task(protocol.HELLO, self._config()) for owner in owners})
+        return {owner: int(reply.config["samples"]) for owner, reply in replies.items()}
+
+    def collect_summaries(self, owners: list[str]) -> list[SummaryItem]:
+        """Ask each owner for its k-means summary; return the items in canonical order."""
+        replies = self._send({owner: Task(protocol.SUMMARIZE, self._config(**{"summary-k": self.job.summary_k}))
+                              for owner in owners})
+        items = []
+        for owner in sorted(replies):
+            centroids, counts = replies[owner].arrays["centroids"], replies[owner].arrays["counts"]
+            items.extend(SummaryItem(owner, i, centroids[i], int(counts[i])) for i in range(len(counts)))
+        logger.info("collected %d summary items from %d owners", len(items), len(replies))
+        return items
+
+    def form_clusters(self, strategy: str, summaries: list[SummaryItem],
+                      num_clusters: int = 0) -> tuple[list[Cluster], dict[str, list[str]]]:
+        """Group summaries into clusters and return them with each owner's routing keys.
+
+        ``routed`` clusters summaries adaptively; ``global`` puts everything in one cluster;
+        ``random`` assigns each owner to one of ``num_clusters`` groups by a hash of its id, so
+        removing one owner never moves another.
+        """
+        if strategy == "routed":
+            clusters = cluster_summaries(summaries, self.job.distance_factor, self.job.min_cluster_fraction,
+                                         self.job.max_cluster_fraction)
+        elif strategy == "global":
+            clusters = [make_cluster(summaries)] if summaries else []
+        elif strategy == "random":
+            groups: dict[int, list[SummaryItem]] = {}
+            for item in summaries:
+                group = derive_seed(self.job.seed, "random-group", item.owner) % max(num_clusters, 1)
+                groups.setdefault(group, []).append(item)
+            clusters = sorted((make_cluster(items) for items in groups.values()), key=lambda c: c.key)
+        else:
+            raise LmeraserError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+
+        routing: dict[str, list[str]] = {}
+        for cluster in clusters:
+            for owner in cluster.owners:
+                routing.setdefault(owner, []).append(cluster.key)
+        return clusters, {owner: sorted(keys) for owner, keys in routing.items()}
+
+    def _routing_payload(self, clusters: dict[str, Cluster], keys: list[str]) -> tuple[dict, dict]:
+        prototypes = np.stack([clusters[key].prototype for key in keys]).astype(np.float32)
+        return {"routing-keys": json.dumps(keys)}, {"routing-prototypes": prototypes}
+
+    def assign(self, clusters: list[Cluster], routing: dict[str, list[str]], owners: list[str]) -> MembershipLedger:
+        """Have ``owners`` route their samples among their routing clusters; return their ledger rows."""
+        by_key = {cluster.key: cluster for cluster in clusters}
+        tasks = {}
+        for owner in owners:
+            config, arrays = self._routing_payload(by_key, routing[owner])
+            tasks[owner] = Task(protocol.ASSIGN, self._config(**config), arrays)
+        ledger = MembershipLedger()
+        for owner, reply in sorted(self._send(tasks).items()):
+            for key, (samples, digest, labels) in json.loads(reply.config["routes"]).items():
+                ledger.record(key, owner, Contribution(int(samples), digest, tuple(labels)))
+        return ledger
+
+    def train(self, keys: list[str], clusters: list[Cluster], routing: dict[str, list[str]],
+              ledger: MembershipLedger, description: str = "training") -> tuple[dict[str, dict[str, np.ndarray]], int]:
+        """Train each cluster in ``keys`` from its seeded initialisation by FedAvg among its members.
+
+        All listed clusters advance together, one message per owner per round carrying every
+        cluster the owner belongs to. Returns the parameters per key and the samples x epochs spent.
+        """
+        by_key = {cluster.key: cluster for cluster in clusters}
+        num_classes = len(self.classes)
+        parameters = {key: initial_parameters(self.backbone, num_classes, self.job.prompt_width, self.job.seed, key)
+                      for key in keys}
+        owners = sorted({owner for key in keys for owner in ledger.members(key)})
+        sample_epochs = 0
+
+        rounds = tqdm(range(self.job.rounds), desc=description, unit="round", disable=not self.progress, leave=False)
+        for round_number in rounds:
+            tasks = {}
+            for owner in owners:
+                member_of = [key for key in keys if owner in ledger.members(key)]
+                config, arrays = self._routing_payload(by_key, routing[owner])
+                for key in member_of:
+                    for name in PARAMETER_NAMES:
+                        arrays[protocol.cluster_array_name(key, name)] = parameters[key][name]
+                tasks[owner] = Task(protocol.TRAIN, self._config(round=round_number, **config), arrays)
+            replies = self._send(tasks)
+
+            for key in keys:
+                parameters[key] = self._aggregate(key, ledger, replies)
+                sample_epochs += ledger.samples(key) * self.job.local_epochs
+            logger.info("%s round %d/%d: %d clusters, %d owners", description, round_number + 1, self.job.rounds,
+                        len(keys), len(owners))
+        return parameters, sample_epochs
+
+    def _aggregate(self, key: str, ledger: MembershipLedger, replies: dict[str, Reply]) -> dict[str, np.ndarray]:
+        """Average members' parameters weighted by samples, summing in sorted owner order."""
+        members = ledger.members(key)
+        total = ledger.samples(key)
+        averaged = {}
+        for name in PARAMETER_NAMES:
+            accumulator = None
+            for owner in members:
+                reported = json.loads(replies[owner].config["samples"])[key]
+                expected = ledger.entries[key][owner].samples
+                if reported != expected:
+                    raise OwnerTaskError(f"owner {owner} trained cluster {key[:12]} on {reported} samples, "
+                                         f"the ledger records {expected}")
+                value = replies[owner].arrays[protocol.cluster_array_name(key, name)].astype(np.float64)
+                term = value * (expected / total)
+                accumulator = term if accumulator is None else accumulator + term
+            averaged[name] = accumulator.astype(np.float32)
+        return averaged
+
+    # ------------------------------------------------------------------ whole runs
+
+    def _model(self, strategy: str, summaries: list[SummaryItem], clusters: list[Cluster],
+               routing: dict[str, list[str]], ledger: MembershipLedger, parameters: dict[str, dict[str, np.ndarray]],
+               revoked: list[str], parent: str) -> ModelVersion:
+        return ModelVersion(
+            strategy=strategy, prediction=ENSEMBLE if strategy == "random" else ROUTED,
+            backbone=self.backbone.name, backbone_sha256=self.backbone.sha256, input_size=self.backbone.input_size,
+            prompt_width=self.job.prompt_width, classes=self.classes,
+            config_fingerprint=self.job.training_fingerprint(), summaries=summaries,
+            clusters=[c for c in clusters if c.key in parameters], routing=routing, ledger=ledger,
+            parameters=parameters, revoked=sorted(revoked), parent=parent,
+        )
+
+    def fit(self, owners: list[str], strategy: str = "routed", num_clusters: int = 0) -> tuple[ModelVersion, Cost]:
+        """Train a model from scratch on ``owners``.
+
+        Parameters
+        ----------
+        owners : list of str
+            Participating owners.
+        strategy : {"routed", "global", "random"}, default "routed"
+            How clusters are formed (see :meth:`form_clusters`).
+        num_clusters : int, default 0
+            Groups of the ``random`` strategy.
+        """
+        started = time.perf_counter()
+        self.contacted = set()
+        owners = sorted(owners)
+        if not owners:
+            raise LmeraserError("no owners to train on; the federation needs at least one owner with data")
+        self.check_owners(owners)
+        summaries = self.collect_summaries(owners)
+        clusters, routing = self.form_clusters(strategy, summaries, num_clusters)
+        ledger = self.assign(clusters, routing, owners)
+
+        keys = [cluster.key for cluster in clusters if ledger.members(cluster.key)]
+        parameters, sample_epochs = self.train(keys, clusters, routing, ledger, description=f"{strategy} training")
+        model = self._model(strategy, summaries, clusters, routing, ledger, parameters, [], "")
+        cost = Cost(len(keys), len(self.contacted), sample_epochs,
+                    time.perf_counter() - started)
+        logger.info("%s model trained: %d clusters, %d owners, %d sample-epochs, %.1fs", strategy, len(keys),
+                    len(owners), cost.sample_epochs, cost.wall_seconds)
+        return model, cost
+
+    def revoke(self, model: ModelVersion, owner: str, parent: str = "",
+               full_retrain_seconds: float = 0.0) -> tuple[ModelVersion, RevocationReport]:
+        """Remove ``owner`` from ``model`` and retrain only the clusters that changed.
+
+        Parameters
+        ----------
+        model : ModelVersion
+            The current model; it is not modified.
+        owner : str
+            Owner to revoke.
+        parent : str, default ""
+            Version id of ``model``, recorded as the new version's parent.
+        full_retrain_seconds : float, default 0.0
+            Measured wall time of a full retrain, reported beside the revocation's own.
+
+        Raises
+        ------
+        RevocationError
+            ``owner`` is not part of the model.
+        """
+        known = sorted({item.owner for item in model.summaries} | set(model.revoked))
+        if owner not in known:
+            raise RevocationError(f"unknown owner {owner!r}; owners of this model: {', '.join(known)}")
+        if owner in model.revoked:
+            logger.info("owner %s is already revoked; nothing to do", owner)
+            empty = Cost()
+            clusters = len(model.served_clusters)
+            return model, RevocationReport(owner, True, clusters, clusters, [c.key for c in model.served_clusters],
+                                           [], [], empty, empty)
+
+        started = time.perf_counter()
+        self.contacted = set()
+        summaries = [item for item in model.summaries if item.owner != owner]
+        remaining = sorted({item.owner for item in summaries})
+        clusters, routing = self.form_clusters(model.strategy, summaries, len(model.served_clusters))
+
+        # Owners whose routing clusters all kept their key route exactly as before: copy their rows.
+        changed = [o for o in remaining if routing.get(o) != model.routing.get(o)]
+        ledger = MembershipLedger()
+        for key, members in model.ledger.entries.items():
+            for member, contribution in members.items():
+                if member != owner and member not in changed:
+                    ledger.record(key, member, contribution)
+        if changed:
+            fresh = self.assign(clusters, routing, changed)
+            for key, members in fresh.entries.items():
+                for member, contribution in members.items():
+                    ledger.record(key, member, contribution)
+
+        keys = [cluster.key for cluster in clusters if ledger.members(cluster.key)]
+        kept = [k for k in keys if k in model.parameters and ledger.same_membership(k, model.ledger)]
+        retrain = [k for k in keys if k not in kept]
+        dropped = [c.key for c in clusters if not ledger.members(c.key)]
+        for key in dropped:
+            logger.warning("cluster %s has no members left after revoking %s; dropped", key[:12], owner)
+
+        parameters = {key: model.parameters[key] for key in kept}
+        trained, sample_epochs = self.train(retrain, clusters, routing, ledger, description=f"unlearning {owner}")
+        parameters.update(trained)
+        updated = self._model(model.strategy, summaries, clusters, routing, ledger, parameters,
+                              model.revoked + [owner], parent)
+
+        cost = Cost(len(retrain), len(self.contacted), sample_epochs, time.perf_counter() - started)
+        full = Cost(len(keys), len(remaining), ledger.total_samples() * self.job.local_epochs * self.job.rounds,
+                    full_retrain_seconds)
+        report = RevocationReport(owner, False, len(model.served_clusters), len(keys), kept, retrain, dropped, cost, full)
+        logger.info("revoked %s: kept %d clusters, retrained %d, dropped %d; %d sample-epochs vs %d for a full "
+                    "retrain", owner, len(kept), len(retrain), len(dropped), cost.sample_epochs, full.sample_epochs)
+        return updated, report

@@ -1,0 +1,1 @@
+"""Code shared by the lmeraser server and client: backbone, data, prompts, seeds."""
