@@ -23,7 +23,7 @@ from ..shared.errors import BackboneError, LmeraserError
 from ..shared.prompt import PARAMETER_NAMES
 from ..shared.protocol import Reply, Task
 from ..shared.seeding import derive_seed, generator
-from .training import nearest_prototype, train_cluster
+from .training import train_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class OwnerWorker:
         self.data = data
         self.backbone = backbone
         self.job = job
+        self._groups: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ local state
 
@@ -68,12 +69,34 @@ class OwnerWorker:
                      time.perf_counter() - started)
         return features
 
-    def route(self, prototypes: np.ndarray, keys: list[str]) -> dict[str, np.ndarray]:
-        """Route each sample to its nearest prototype among ``keys``; return indices per key."""
-        if len(keys) == 0:
-            return {}
-        nearest = nearest_prototype(self.features, prototypes)
-        return {key: np.flatnonzero(nearest == index) for index, key in enumerate(keys)}
+    def local_groups(self, summary_k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return k-means centroids (k, d) of the owner's features and each sample's group (N,).
+
+        ``k`` is ``summary_k`` capped by the number of distinct feature vectors; the seed derives
+        from the global seed and the owner id, so the groups are the same in every run.
+        """
+        cache_key = (summary_k, seed)
+        if cache_key not in self._groups:
+            from sklearn.cluster import KMeans
+
+            features = self.features.astype(np.float64)
+            distinct = len(np.unique(features.round(6), axis=0))
+            k = max(1, min(summary_k, distinct))
+            random_state = derive_seed(seed, "summary", self.owner_id) % (2 ** 32)
+            kmeans = KMeans(n_clusters=k, n_init=4, random_state=random_state).fit(features)
+            self._groups[cache_key] = (kmeans.cluster_centers_.astype(np.float32), kmeans.labels_.astype(np.int64))
+        return self._groups[cache_key]
+
+    def route(self, item_clusters: list[str], summary_k: int, seed: int) -> dict[str, np.ndarray]:
+        """Return the sample indices of each cluster: a sample goes where its k-means group went."""
+        _, groups = self.local_groups(summary_k, seed)
+        if len(item_clusters) != groups.max() + 1:
+            raise LmeraserError(f"owner {self.owner_id} has {groups.max() + 1} summary groups but the server "
+                                f"assigned {len(item_clusters)}; the server's summaries are out of date")
+        routes: dict[str, list[np.ndarray]] = {}
+        for group, key in enumerate(item_clusters):
+            routes.setdefault(key, []).append(np.flatnonzero(groups == group))
+        return {key: np.sort(np.concatenate(parts)) for key, parts in routes.items()}
 
     def digest(self, indices: np.ndarray) -> str:
         """Return a SHA-256 of the sample ids and labels at ``indices`` (names which samples, not what)."""
@@ -116,25 +139,14 @@ class OwnerWorker:
 
     def summarize(self, task: Task) -> Reply:
         """Return at most ``summary-k`` k-means centroids of the owner's features and their counts."""
-        from sklearn.cluster import KMeans
-
-        features = self.features.astype(np.float64)
-        distinct = len(np.unique(features.round(6), axis=0))
-        k = max(1, min(int(task.config["summary-k"]), distinct))
-        seed = derive_seed(int(task.config["seed"]), "summary", self.owner_id) % (2 ** 32)
-        kmeans = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(features)
-        counts = np.bincount(kmeans.labels_, minlength=k)
-        keep = counts > 0
-        logger.info("owner %s summarised %d samples into %d centroids", self.owner_id, len(features), keep.sum())
-        return Reply(
-            config={"owner": self.owner_id},
-            arrays={"centroids": kmeans.cluster_centers_[keep].astype(np.float32),
-                    "counts": counts[keep].astype(np.int64)},
-        )
+        centroids, groups = self.local_groups(int(task.config["summary-k"]), int(task.config["seed"]))
+        counts = np.bincount(groups, minlength=len(centroids)).astype(np.int64)
+        logger.info("owner %s summarised %d samples into %d centroids", self.owner_id, len(groups), len(centroids))
+        return Reply(config={"owner": self.owner_id}, arrays={"centroids": centroids, "counts": counts})
 
     def _routes_from(self, task: Task) -> dict[str, np.ndarray]:
-        keys = json.loads(task.config["routing-keys"])
-        return self.route(task.arrays["routing-prototypes"], keys)
+        return self.route(json.loads(task.config["item-clusters"]), int(task.config["summary-k"]),
+                          int(task.config["seed"]))
 
     def assign(self, task: Task) -> Reply:
         """Return, per cluster, how many samples route there, a digest of which ones and their labels."""
@@ -144,7 +156,7 @@ class OwnerWorker:
             key: [int(len(idx)), self.digest(idx), np.bincount(self.data.labels[idx], minlength=num_classes).tolist()]
             for key, idx in routes.items() if len(idx)
         }
-        logger.info("owner %s routed %d samples to clusters %s", self.owner_id, len(self.data),
+        logger.info("owner %s contributes %d samples to clusters %s", self.owner_id, len(self.data),
                     {key[:8]: value[0] for key, value in report.items()})
         return Reply(config={"owner": self.owner_id, "routes": protocol.dumps(report)})
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 from ..shared.config import JobConfig
-from ..shared.environment import configure_offline_environment
+from ..shared.environment import configure_offline_environment, ensure_allocator_tunables
 from ..shared.errors import LmeraserError
 
 logger = logging.getLogger("lmeraser")
@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lmeraser`` command; returns the exit status."""
     configure_offline_environment()
     arguments = build_parser().parse_args(argv)
+    if argv is None:
+        ensure_allocator_tunables()
     logging.basicConfig(level=arguments.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return arguments.handler(arguments)

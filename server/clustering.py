@@ -3,7 +3,9 @@
 Items are the owners' local k-means centroids, weighted by their sample counts. The server
 merges them by count-weighted average linkage (UPGMA) and cuts the dendrogram at a height
 proportional to the data's spread, so diverse data give more clusters and homogeneous data
-fewer. Two size rules then keep the clusters useful for both accuracy and forgetting:
+fewer. The spread is snapped down to a geometric grid (steps of 2^(1/4), about 19 %), so the
+few-percent change that one owner's departure makes to it usually leaves the cut, and with it
+every cluster that did not contain that owner, unchanged. Two size rules then keep the clusters useful for both accuracy and forgetting:
 
 - a cluster holding more than ``max_fraction`` of all samples is split into its two
   dendrogram children while both keep at least ``min_fraction`` (data that cannot be split
@@ -84,10 +86,20 @@ def make_cluster(items: list[SummaryItem]) -> Cluster:
     return Cluster(cluster_key(items), items, prototype.astype(np.float32))
 
 
+GRID_STEPS_PER_OCTAVE = 4
+
+
 def spread(centroids: np.ndarray, weights: np.ndarray) -> float:
     """Return the count-weighted RMS distance of the centroids to their weighted mean."""
     mean = (weights[:, None] * centroids).sum(0) / weights.sum()
     return float(np.sqrt((weights * ((centroids - mean) ** 2).sum(1)).sum() / weights.sum()))
+
+
+def snap_to_grid(value: float) -> float:
+    """Round ``value`` down to the nearest power of 2^(1/4); zero stays zero."""
+    if value <= 0:
+        return 0.0
+    return float(2.0 ** (np.floor(np.log2(value) * GRID_STEPS_PER_OCTAVE + 1e-9) / GRID_STEPS_PER_OCTAVE))
 
 
 @dataclasses.dataclass
@@ -190,7 +202,7 @@ def cluster_summaries(items: list[SummaryItem], distance_factor: float = 1.0, mi
     items : list of SummaryItem
         Every owner's centroids; order does not matter.
     distance_factor : float, default 1.0
-        Cut height as a multiple of :func:`spread` of the items.
+        Cut height as a multiple of the items' :func:`spread`, snapped by :func:`snap_to_grid`.
     min_fraction : float, default 0.05
         Minimum cluster share of all summarised samples.
     max_fraction : float, default 0.5
@@ -206,7 +218,7 @@ def cluster_summaries(items: list[SummaryItem], distance_factor: float = 1.0, mi
 
     squared = (centroids ** 2).sum(1)
     distances = np.sqrt(np.maximum(squared[:, None] - 2 * centroids @ centroids.T + squared[None, :], 0.0))
-    threshold = distance_factor * spread(centroids, weights)
+    threshold = distance_factor * snap_to_grid(spread(centroids, weights))
     nodes = average_linkage(distances, weights)
 
     selected = _cut(nodes, threshold)

@@ -11,6 +11,7 @@ import torch
 from ..client.training import nearest_prototype, predict_logits
 from ..shared.backbone import Backbone
 from ..shared.data import ImageSet, normalize
+from ..shared.errors import LmeraserError
 from .model import ENSEMBLE, ModelVersion
 
 
@@ -32,10 +33,12 @@ def predict(model: ModelVersion, backbone: Backbone, images: torch.Tensor,
     """Predict classes: route each input to its nearest prototype and apply that cluster's prompt
     and head, or, for an ensemble model, average the class probabilities of every cluster."""
     if backbone.sha256 != model.backbone_sha256:
-        raise ValueError(f"backbone {backbone.name} (sha256 {backbone.sha256[:12]}) differs from the model's "
+        raise LmeraserError(f"backbone {backbone.name} (sha256 {backbone.sha256[:12]}) differs from the model's "
                          f"{model.backbone} (sha256 {model.backbone_sha256[:12]}); load the model's backbone")
     served = model.served_clusters
     num_classes = len(model.classes)
+    if not served:
+        raise LmeraserError("the model has no trained clusters (every owner was revoked); train a new model")
     if model.prediction == ENSEMBLE:
         probabilities = sum(
             torch.softmax(predict_logits(backbone, model.parameters[c.key], images, num_classes, model.prompt_width), 1)

@@ -155,7 +155,10 @@ class Federation:
 
     def form_clusters(self, strategy: str, summaries: list[SummaryItem],
                       num_clusters: int = 0) -> tuple[list[Cluster], dict[str, list[str]]]:
-        """Group summaries into clusters and return them with each owner's routing keys.
+        """Group summaries into clusters; return them and, per owner, the cluster key of each item.
+
+        An owner's training samples go to the cluster of the local k-means group they belong
+        to, so its contribution to one cluster never depends on another cluster's prototype.
 
         ``routed`` clusters summaries adaptively; ``global`` puts everything in one cluster;
         ``random`` assigns each owner to one of ``num_clusters`` groups by a hash of its id, so
@@ -177,35 +180,31 @@ class Federation:
 
         routing: dict[str, list[str]] = {}
         for cluster in clusters:
-            for owner in cluster.owners:
-                routing.setdefault(owner, []).append(cluster.key)
-        return clusters, {owner: sorted(keys) for owner, keys in routing.items()}
+            for item in cluster.items:
+                keys = routing.setdefault(item.owner, [])
+                keys.extend([""] * (item.index + 1 - len(keys)))
+                keys[item.index] = cluster.key
+        return clusters, routing
 
-    def _routing_payload(self, clusters: dict[str, Cluster], keys: list[str]) -> tuple[dict, dict]:
-        prototypes = np.stack([clusters[key].prototype for key in keys]).astype(np.float32)
-        return {"routing-keys": json.dumps(keys)}, {"routing-prototypes": prototypes}
+    def _routing_config(self, owner: str, routing: dict[str, list[str]]) -> dict[str, Any]:
+        return {"item-clusters": json.dumps(routing[owner]), "summary-k": self.job.summary_k}
 
-    def assign(self, clusters: list[Cluster], routing: dict[str, list[str]], owners: list[str]) -> MembershipLedger:
-        """Have ``owners`` route their samples among their routing clusters; return their ledger rows."""
-        by_key = {cluster.key: cluster for cluster in clusters}
-        tasks = {}
-        for owner in owners:
-            config, arrays = self._routing_payload(by_key, routing[owner])
-            tasks[owner] = Task(protocol.ASSIGN, self._config(**config), arrays)
+    def assign(self, routing: dict[str, list[str]], owners: list[str]) -> MembershipLedger:
+        """Have ``owners`` report the samples they contribute to each cluster; return their ledger rows."""
+        tasks = {owner: Task(protocol.ASSIGN, self._config(**self._routing_config(owner, routing)))
+                 for owner in owners}
         ledger = MembershipLedger()
         for owner, reply in sorted(self._send(tasks).items()):
             for key, (samples, digest, labels) in json.loads(reply.config["routes"]).items():
                 ledger.record(key, owner, Contribution(int(samples), digest, tuple(labels)))
         return ledger
 
-    def train(self, keys: list[str], clusters: list[Cluster], routing: dict[str, list[str]],
-              ledger: MembershipLedger, description: str = "training") -> tuple[dict[str, dict[str, np.ndarray]], int]:
+    def train(self, keys: list[str], routing: dict[str, list[str]], ledger: MembershipLedger, description: str = "training") -> tuple[dict[str, dict[str, np.ndarray]], int]:
         """Train each cluster in ``keys`` from its seeded initialisation by FedAvg among its members.
 
         All listed clusters advance together, one message per owner per round carrying every
         cluster the owner belongs to. Returns the parameters per key and the samples x epochs spent.
         """
-        by_key = {cluster.key: cluster for cluster in clusters}
         num_classes = len(self.classes)
         parameters = {key: initial_parameters(self.backbone, num_classes, self.job.prompt_width, self.job.seed, key)
                       for key in keys}
@@ -217,10 +216,11 @@ class Federation:
             tasks = {}
             for owner in owners:
                 member_of = [key for key in keys if owner in ledger.members(key)]
-                config, arrays = self._routing_payload(by_key, routing[owner])
+                arrays: dict[str, np.ndarray] = {}
                 for key in member_of:
                     for name in PARAMETER_NAMES:
                         arrays[protocol.cluster_array_name(key, name)] = parameters[key][name]
+                config = self._routing_config(owner, routing)
                 tasks[owner] = Task(protocol.TRAIN, self._config(round=round_number, **config), arrays)
             replies = self._send(tasks)
 
@@ -284,10 +284,10 @@ class Federation:
         self.check_owners(owners)
         summaries = self.collect_summaries(owners)
         clusters, routing = self.form_clusters(strategy, summaries, num_clusters)
-        ledger = self.assign(clusters, routing, owners)
+        ledger = self.assign(routing, owners)
 
         keys = [cluster.key for cluster in clusters if ledger.members(cluster.key)]
-        parameters, sample_epochs = self.train(keys, clusters, routing, ledger, description=f"{strategy} training")
+        parameters, sample_epochs = self.train(keys, routing, ledger, description=f"{strategy} training")
         model = self._model(strategy, summaries, clusters, routing, ledger, parameters, [], "")
         cost = Cost(len(keys), len(self.contacted), sample_epochs,
                     time.perf_counter() - started)
@@ -295,8 +295,8 @@ class Federation:
                     len(owners), cost.sample_epochs, cost.wall_seconds)
         return model, cost
 
-    def revoke(self, model: ModelVersion, owner: str, parent: str = "",
-               full_retrain_seconds: float = 0.0) -> tuple[ModelVersion, RevocationReport]:
+    def revoke(self, model: ModelVersion, owner: str, parent: str = "", full_retrain_seconds: float = 0.0,
+               dry_run: bool = False) -> tuple[ModelVersion, RevocationReport]:
         """Remove ``owner`` from ``model`` and retrain only the clusters that changed.
 
         Parameters
@@ -309,6 +309,9 @@ class Federation:
             Version id of ``model``, recorded as the new version's parent.
         full_retrain_seconds : float, default 0.0
             Measured wall time of a full retrain, reported beside the revocation's own.
+        dry_run : bool, default False
+            Recluster and reassign but skip training: the report gives the exact cost a real
+            revocation would have (wall time aside) and the returned model is ``model`` unchanged.
 
         Raises
         ------
@@ -331,7 +334,7 @@ class Federation:
         remaining = sorted({item.owner for item in summaries})
         clusters, routing = self.form_clusters(model.strategy, summaries, len(model.served_clusters))
 
-        # Owners whose routing clusters all kept their key route exactly as before: copy their rows.
+        # Owners whose items all kept their cluster contribute exactly as before: copy their rows.
         changed = [o for o in remaining if routing.get(o) != model.routing.get(o)]
         ledger = MembershipLedger()
         for key, members in model.ledger.entries.items():
@@ -339,7 +342,7 @@ class Federation:
                 if member != owner and member not in changed:
                     ledger.record(key, member, contribution)
         if changed:
-            fresh = self.assign(clusters, routing, changed)
+            fresh = self.assign(routing, changed)
             for key, members in fresh.entries.items():
                 for member, contribution in members.items():
                     ledger.record(key, member, contribution)
@@ -347,15 +350,20 @@ class Federation:
         keys = [cluster.key for cluster in clusters if ledger.members(cluster.key)]
         kept = [k for k in keys if k in model.parameters and ledger.same_membership(k, model.ledger)]
         retrain = [k for k in keys if k not in kept]
-        dropped = [c.key for c in clusters if not ledger.members(c.key)]
+        dropped = [c.key for c in model.served_clusters if model.ledger.members(c.key) == [owner]]
         for key in dropped:
-            logger.warning("cluster %s has no members left after revoking %s; dropped", key[:12], owner)
+            logger.warning("cluster %s had no member but %s; dropped", key[:12], owner)
 
-        parameters = {key: model.parameters[key] for key in kept}
-        trained, sample_epochs = self.train(retrain, clusters, routing, ledger, description=f"unlearning {owner}")
-        parameters.update(trained)
-        updated = self._model(model.strategy, summaries, clusters, routing, ledger, parameters,
-                              model.revoked + [owner], parent)
+        if dry_run:
+            updated = model
+            sample_epochs = sum(ledger.samples(k) for k in retrain) * self.job.local_epochs * self.job.rounds
+            self.contacted |= {o for k in retrain for o in ledger.members(k)}
+        else:
+            parameters = {key: model.parameters[key] for key in kept}
+            trained, sample_epochs = self.train(retrain, routing, ledger, description=f"unlearning {owner}")
+            parameters.update(trained)
+            updated = self._model(model.strategy, summaries, clusters, routing, ledger, parameters,
+                                  model.revoked + [owner], parent)
 
         cost = Cost(len(retrain), len(self.contacted), sample_epochs, time.perf_counter() - started)
         full = Cost(len(keys), len(remaining), ledger.total_samples() * self.job.local_epochs * self.job.rounds,
