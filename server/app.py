@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,12 +42,19 @@ class GridTransport:
         Configuration sent with every task.
     timeout : float, optional
         Seconds to wait for replies per exchange; ``None`` waits for all.
+    min_nodes : int, default 1
+        Nodes to wait for before discovery; nodes may still be registering when the app starts.
+    connect_timeout : float, default 120.0
+        Seconds to wait for ``min_nodes`` nodes.
     """
 
-    def __init__(self, grid: Grid, job: JobConfig, timeout: float | None = None) -> None:
+    def __init__(self, grid: Grid, job: JobConfig, timeout: float | None = None, min_nodes: int = 1,
+                 connect_timeout: float = 120.0) -> None:
         self.grid = grid
         self.job_json = json.dumps(job.to_mapping(), sort_keys=True)
         self.timeout = timeout
+        self.min_nodes = min_nodes
+        self.connect_timeout = connect_timeout
         self.nodes: dict[str, int] = {}
 
     def _messages(self, tasks: dict[int, Task]) -> list[Message]:
@@ -58,8 +66,15 @@ class GridTransport:
         return messages
 
     def discover(self) -> dict[str, int]:
-        """Ask every connected node for its owner id and return owner -> node id."""
+        """Wait for ``min_nodes`` nodes, ask each for its owner id and return owner -> node id."""
+        deadline = time.monotonic() + self.connect_timeout
         node_ids = sorted(self.grid.get_node_ids())
+        while len(node_ids) < self.min_nodes:
+            if time.monotonic() > deadline:
+                raise LmeraserError(f"only {len(node_ids)} of {self.min_nodes} nodes connected within "
+                                    f"{self.connect_timeout:.0f} s; start the missing SuperNodes or lower num-owners")
+            time.sleep(0.5)
+            node_ids = sorted(self.grid.get_node_ids())
         replies = self.grid.send_and_receive(self._messages({n: Task(protocol.HELLO) for n in node_ids}),
                                              timeout=self.timeout)
         nodes = {}
@@ -95,7 +110,7 @@ def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
         settings = {**dict(context.run_config), **dict(overrides or {})}
         job = JobConfig.from_mapping(settings)
         logger.info("lmeraser job starting: %s", job.to_mapping())
-        run_job(job, GridTransport(grid, job))
+        run_job(job, GridTransport(grid, job, min_nodes=job.num_owners))
 
     return server_app
 

@@ -177,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if argv is None:
         ensure_allocator_tunables()
-    logging.basicConfig(level=arguments.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = arguments.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.root.handlers:
+        handler.setLevel(level)  # Flower sets its own logger to DEBUG; keep its records out of ours
     try:
         return arguments.handler(arguments)
     except LmeraserError as error:

@@ -8,9 +8,9 @@ few-percent change that one owner's departure makes to it usually leaves the cut
 every cluster that did not contain that owner, unchanged. Two size rules then keep the clusters useful for both accuracy and forgetting:
 
 - a cluster holding more than ``max_fraction`` of all samples is split into its two
-  dendrogram children while both keep at least ``min_fraction`` (data that cannot be split
+  dendrogram children while both keep at least ``min_size`` samples (data that cannot be split
   that way are homogeneous enough to warrant one large cluster);
-- a cluster below ``min_fraction`` merges into its nearest cluster by average linkage.
+- a cluster below ``min_size`` samples merges into its nearest cluster by average linkage.
 
 The result is a deterministic function of the set of items: they are sorted by owner id and
 centroid index first, ties break by that order, and cluster keys hash the member items.
@@ -193,7 +193,7 @@ def _merge_small(groups: list[list[int]], distances: np.ndarray, weights: np.nda
     return groups
 
 
-def cluster_summaries(items: list[SummaryItem], distance_factor: float = 1.0, min_fraction: float = 0.05,
+def cluster_summaries(items: list[SummaryItem], distance_factor: float = 1.0, min_size: int = 100,
                       max_fraction: float = 0.5) -> list[Cluster]:
     """Cluster summary items; return clusters sorted by key.
 
@@ -203,8 +203,8 @@ def cluster_summaries(items: list[SummaryItem], distance_factor: float = 1.0, mi
         Every owner's centroids; order does not matter.
     distance_factor : float, default 1.0
         Cut height as a multiple of the items' :func:`spread`, snapped by :func:`snap_to_grid`.
-    min_fraction : float, default 0.05
-        Minimum cluster share of all summarised samples.
+    min_size : int, default 100
+        Minimum samples per cluster (unless all items together hold fewer).
     max_fraction : float, default 0.5
         Share above which a cluster is split if its dendrogram children are both large enough.
     """
@@ -214,7 +214,7 @@ def cluster_summaries(items: list[SummaryItem], distance_factor: float = 1.0, mi
     centroids = np.stack([np.asarray(item.centroid, dtype=np.float64) for item in items])
     weights = np.array([item.count for item in items], dtype=np.float64)
     total = weights.sum()
-    min_weight = min_fraction * total
+    min_weight = float(min_size)
 
     squared = (centroids ** 2).sum(1)
     distances = np.sqrt(np.maximum(squared[:, None] - 2 * centroids @ centroids.T + squared[None, :], 0.0))

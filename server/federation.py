@@ -165,7 +165,7 @@ class Federation:
         removing one owner never moves another.
         """
         if strategy == "routed":
-            clusters = cluster_summaries(summaries, self.job.distance_factor, self.job.min_cluster_fraction,
+            clusters = cluster_summaries(summaries, self.job.distance_factor, self.job.min_cluster_size,
                                          self.job.max_cluster_fraction)
         elif strategy == "global":
             clusters = [make_cluster(summaries)] if summaries else []

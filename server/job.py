@@ -101,7 +101,9 @@ def run_job(job: JobConfig, transport: Transport, progress: bool = True) -> dict
     test_features = embed_images(backbone, test.images)
     results: dict[str, Any] = {"config": job.to_mapping(), "owners": len(owners), "train_samples": len(train),
                                "test_samples": len(test), "input_size": backbone.input_size,
-                               "backbone": backbone.name, "backbone_sha256": backbone.sha256, "models": {}}
+                               "backbone": backbone.name, "backbone_sha256": backbone.sha256,
+                               "transport": type(transport).__name__,
+                               "skipped_files": len(train.skipped) + len(test.skipped), "models": {}}
     atomic_write(state / JOB_FILE, json.dumps(job.to_mapping(), indent=1, sort_keys=True).encode())
 
     # Routed prompts: the model that will serve and forget.

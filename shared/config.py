@@ -56,9 +56,9 @@ class JobConfig:
         Local k-means centroids per owner summary; an owner joins at most this many clusters.
     distance_factor : float, default 1.0
         Cut height of the agglomerative clustering, as a multiple of the data's spread.
-    min_cluster_fraction : float, default 0.05
-        Clusters with fewer samples than this share of all samples merge into their
-        nearest neighbour.
+    min_cluster_size : int, default 100
+        Clusters with fewer samples merge into their nearest neighbour. An absolute count,
+        so that one owner leaving does not move the bar for every other cluster.
     max_cluster_fraction : float, default 0.5
         Clusters above this share are split along their dendrogram while both parts stay
         above the minimum size.
@@ -96,7 +96,7 @@ class JobConfig:
     prompt_width: int = 4
     summary_k: int = 2
     distance_factor: float = 1.0
-    min_cluster_fraction: float = 0.05
+    min_cluster_size: int = 100
     max_cluster_fraction: float = 0.5
     rounds: int = 3
     local_epochs: int = 2
@@ -122,7 +122,7 @@ class JobConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise LmeraserError(f"invalid {_option(name)}={value!r}: expected an integer >= 1")
-        for name in ("max_per_class", "input_size", "prompt_width", "seed"):
+        for name in ("max_per_class", "input_size", "prompt_width", "seed", "min_cluster_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise LmeraserError(f"invalid {_option(name)}={value!r}: expected an integer >= 0")
@@ -133,16 +133,10 @@ class JobConfig:
         for name in ("alpha", "distance_factor", "prompt_lr", "head_lr"):
             if not getattr(self, name) > 0:
                 raise LmeraserError(f"invalid {_option(name)}={getattr(self, name)!r}: expected > 0")
-        for name, upper in (("test_fraction", 1.0), ("min_cluster_fraction", 1.0),
-                            ("max_cluster_fraction", 1.0 + 1e-12)):
+        for name, upper in (("test_fraction", 1.0), ("max_cluster_fraction", 1.0 + 1e-12)):
             value = getattr(self, name)
             if not 0.0 < value < upper:
                 raise LmeraserError(f"invalid {_option(name)}={value!r}: expected a fraction in (0, 1)")
-        if self.min_cluster_fraction > self.max_cluster_fraction:
-            raise LmeraserError(
-                f"invalid min-cluster-fraction={self.min_cluster_fraction}: it exceeds "
-                f"max-cluster-fraction={self.max_cluster_fraction}"
-            )
         if 0 < self.input_size and 2 * self.prompt_width >= self.input_size:
             raise LmeraserError(
                 f"invalid prompt-width={self.prompt_width}: the border must leave part of the "

@@ -24,7 +24,9 @@ def _stratified_split(data: ImageSet, test_fraction: float, seed: int) -> tuple[
         train, test = train_test_split(indices, test_size=test_fraction, random_state=seed, stratify=stratify)
     except ValueError as error:
         raise DataError(f"cannot hold out test-fraction={test_fraction} of {len(data)} images: {error}") from error
-    return data.subset(np.sort(train)), data.subset(np.sort(test))
+    train_set, test_set = data.subset(np.sort(train)), data.subset(np.sort(test))
+    train_set.skipped = data.skipped
+    return train_set, test_set
 
 
 def _cap_per_class(data: ImageSet, max_per_class: int) -> ImageSet:

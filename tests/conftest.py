@@ -33,7 +33,7 @@ def data_dir(request: pytest.FixtureRequest) -> Path:
 def small_job(tmp_path: Path, **changes) -> JobConfig:
     """A digits job that trains in seconds: 32 px, one round of one epoch, no baselines."""
     settings = dict(num_owners=4, input_size=32, prompt_width=4, rounds=1, local_epochs=1, batch_size=64,
-                    summary_k=2, baselines="", state_dir=str(tmp_path / "state"), min_cluster_fraction=0.1)
+                    summary_k=2, baselines="", state_dir=str(tmp_path / "state"), min_cluster_size=100)
     settings.update(changes)
     return JobConfig(**settings)
 

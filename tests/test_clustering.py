@@ -37,7 +37,7 @@ def test_weights_pull_the_merge_height() -> None:
 def test_clusters_follow_separated_groups() -> None:
     rng = np.random.default_rng(1)
     points = np.concatenate([rng.normal(0, 0.1, (6, 3)), rng.normal(5, 0.1, (6, 3)), rng.normal(-5, 0.1, (6, 3))])
-    clusters = cluster_summaries(_items(points), distance_factor=1.0, min_fraction=0.05, max_fraction=0.9)
+    clusters = cluster_summaries(_items(points), distance_factor=1.0, min_size=10, max_fraction=0.9)
     assert sorted(len(c.items) for c in clusters) == [6, 6, 6]
 
 
@@ -54,21 +54,20 @@ def test_small_clusters_merge_above_minimum() -> None:
     rng = np.random.default_rng(3)
     points = np.concatenate([rng.normal(0, 0.1, (9, 2)), [[30.0, 30.0]]])
     counts = [100] * 9 + [5]
-    clusters = cluster_summaries(_items(points, counts), distance_factor=0.5, min_fraction=0.05, max_fraction=1.0)
-    total = sum(counts)
-    assert all(c.weight >= 0.05 * total for c in clusters)
+    clusters = cluster_summaries(_items(points, counts), distance_factor=0.5, min_size=50, max_fraction=1.0)
+    assert all(c.weight >= 50 for c in clusters)
 
 
 def test_dominant_cluster_split_when_possible() -> None:
     rng = np.random.default_rng(4)
     points = np.concatenate([rng.normal(0, 0.1, (8, 2)), rng.normal(1.0, 0.1, (8, 2)), [[40.0, 40.0]] * 4])
-    clusters = cluster_summaries(_items(points), distance_factor=1.0, min_fraction=0.1, max_fraction=0.5)
+    clusters = cluster_summaries(_items(points), distance_factor=1.0, min_size=20, max_fraction=0.5)
     assert max(c.weight for c in clusters) <= 0.5 * 200
 
 
 def test_prototype_is_count_weighted_mean() -> None:
     items = _items([[0.0, 0.0], [4.0, 0.0]], counts=[3, 1])
-    (cluster,) = cluster_summaries(items, distance_factor=100.0, min_fraction=0.01, max_fraction=1.0)
+    (cluster,) = cluster_summaries(items, distance_factor=100.0, min_size=1, max_fraction=1.0)
     assert np.allclose(cluster.prototype, [1.0, 0.0])
 
 

@@ -20,7 +20,7 @@ REVOKED = "owner-000"
 def revocation(tmp_path_factory):
     """Train six label-sharded digit owners, revoke one, and train the reference without it."""
     job = small_job(tmp_path_factory.mktemp("exact"), num_owners=6, partitioner="shards", shards_per_owner=2,
-                    summary_k=1, min_cluster_fraction=0.2, rounds=2)
+                    summary_k=1, min_cluster_size=250, rounds=2)
     workers = simulated_workers(job)
     train, _ = datasets_for(job)
     federation = Federation(InProcessTransport(workers), job, backbone_for(job), train.classes, progress=False)
