@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,35 @@ def test_simulate_command_on_flower(tmp_path) -> None:
     manifest = json.loads((state / "models" / f"{current}.json").read_text())
     assert manifest["revoked"] == ["owner-002"]
     assert "owner-002" not in json.dumps(manifest["ledger"])
+
+
+def test_flwr_run_uses_app_config(tmp_path) -> None:
+    """`flwr run .` against a local simulation SuperLink runs the app from pyproject.toml."""
+    repository = Path(__file__).resolve().parents[1]
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\noptions.num-supernodes = 4\n'
+    )
+    state = tmp_path / "state"
+    bin_dir = Path(sys.executable).parent
+    environment = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                   "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0",
+                   "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    run_config = f'num-owners=4 rounds=1 local-epochs=1 batch-size=64 baselines="" state-dir="{state}"'
+    try:
+        completed = subprocess.run([str(bin_dir / "flwr"), "run", str(repository), "local", "--stream",
+                                    "--run-config", run_config],
+                                   capture_output=True, text=True, timeout=600, env=environment, cwd=tmp_path)
+        assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    finally:
+        # The local SuperLink detaches from `flwr run`; stop the one that uses this test's FLWR_HOME.
+        listing = subprocess.run(["pgrep", "-f", f"flower-superlink.*{home}"], capture_output=True, text=True)
+        for pid in listing.stdout.split():
+            os.kill(int(pid), signal.SIGTERM)
+
+    results = json.loads((state / "results.json").read_text())
+    assert results["transport"] == "GridTransport"
+    assert results["owners"] == 4
+    assert results["config"]["rounds"] == 1
+    assert results["verify"]["exact"] is True
