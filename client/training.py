@@ -43,6 +43,39 @@ def train_cluster(backbone: Backbone, parameters: dict[str, np.ndarray], images:
     return model.get_parameters(), total_loss / max(steps, 1)
 
 
+def train_head(parameters: dict[str, np.ndarray], features: np.ndarray, labels: np.ndarray, epochs: int,
+               batch_size: int, learning_rate: float, shuffle: torch.Generator) -> tuple[dict[str, np.ndarray], float]:
+    """Train only the linear head on precomputed backbone features; return all parameters and mean loss.
+
+    This is the warm-up phase (linear probing before prompt tuning): a pass costs one small
+    matrix product per batch instead of a forward and backward pass through the backbone.
+    """
+    head = nn.Linear(features.shape[1], parameters["head.weight"].shape[0])
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(parameters["head.weight"]))
+        head.bias.copy_(torch.from_numpy(parameters["head.bias"]))
+    optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate)
+    criterion = nn.CrossEntropyLoss()
+    inputs, targets = torch.from_numpy(np.ascontiguousarray(features)), torch.from_numpy(labels)
+
+    total_loss, steps = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(len(targets), generator=shuffle)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            loss = criterion(head(inputs[batch]), targets[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach())
+            steps += 1
+
+    updated = dict(parameters)
+    updated["head.weight"] = head.weight.detach().numpy().copy()
+    updated["head.bias"] = head.bias.detach().numpy().copy()
+    return updated, total_loss / max(steps, 1)
+
+
 @torch.no_grad()
 def predict_logits(backbone: Backbone, parameters: dict[str, np.ndarray], images: torch.Tensor,
                    num_classes: int, prompt_width: int, batch_size: int = 256) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""An owner's worker: answers the server's tasks over the owner's private images.
+"""An owner's worker: runs the server's tasks over the owner's private images.
 
 Only aggregates leave the worker: k-means centroids with counts, per-cluster sample counts
 with a digest of which samples they are, and trained prompt and head parameters.
@@ -23,7 +23,7 @@ from ..shared.errors import BackboneError, LmeraserError
 from ..shared.prompt import PARAMETER_NAMES
 from ..shared.protocol import Reply, Task
 from ..shared.seeding import derive_seed, generator
-from .training import train_cluster
+from .training import train_cluster, train_head
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +161,14 @@ class OwnerWorker:
         return Reply(config={"owner": self.owner_id, "routes": protocol.dumps(report)})
 
     def train(self, task: Task) -> Reply:
-        """Train each listed cluster's prompt and head on the samples routed to it."""
+        """Train each listed cluster on the samples routed to it: the head alone on cached features
+        in the ``warmup`` phase, the prompt and head through the backbone in the ``prompt`` phase."""
         routes = self._routes_from(task)
         clusters = protocol.split_cluster_arrays(task.arrays)
         seed, round_number = int(task.config["seed"]), int(task.config["round"])
+        phase = str(task.config.get("phase", protocol.PROMPT_PHASE))
+        if phase not in (protocol.WARMUP_PHASE, protocol.PROMPT_PHASE):
+            raise LmeraserError(f"unknown training phase {phase!r}; expected warmup or prompt")
         arrays: dict[str, np.ndarray] = {}
         samples: dict[str, int] = {}
         losses: dict[str, float] = {}
@@ -174,19 +178,24 @@ class OwnerWorker:
             if len(indices) == 0:
                 raise LmeraserError(f"owner {self.owner_id} has no samples routed to cluster {key[:12]}; "
                                     f"the server's ledger is out of date")
-            parameters, loss = train_cluster(
-                self.backbone, {name: clusters[key][name] for name in PARAMETER_NAMES},
-                self.data.images[torch.from_numpy(indices)], self.data.labels[indices],
-                num_classes=int(task.config["num-classes"]), prompt_width=self.job.prompt_width,
-                epochs=self.job.local_epochs, batch_size=self.job.batch_size,
-                prompt_lr=self.job.prompt_lr, head_lr=self.job.head_lr,
-                shuffle=generator(seed, "shuffle", key, round_number, self.owner_id),
-            )
+            current = {name: clusters[key][name] for name in PARAMETER_NAMES}
+            shuffle = generator(seed, "shuffle", key, phase, round_number, self.owner_id)
+            if phase == protocol.WARMUP_PHASE:
+                parameters, loss = train_head(current, self.features[indices], self.data.labels[indices],
+                                              epochs=self.job.warmup_epochs, batch_size=self.job.batch_size,
+                                              learning_rate=self.job.warmup_lr, shuffle=shuffle)
+            else:
+                parameters, loss = train_cluster(
+                    self.backbone, current, self.data.images[torch.from_numpy(indices)], self.data.labels[indices],
+                    num_classes=int(task.config["num-classes"]), prompt_width=self.job.prompt_width,
+                    epochs=self.job.local_epochs, batch_size=self.job.batch_size,
+                    prompt_lr=self.job.prompt_lr, head_lr=self.job.head_lr, shuffle=shuffle,
+                )
             for name, value in parameters.items():
                 arrays[protocol.cluster_array_name(key, name)] = value
             samples[key], losses[key] = int(len(indices)), loss
-            logger.info("owner %s round %d cluster %s: %d samples, loss %.4f", self.owner_id, round_number,
-                        key[:8], len(indices), loss)
+            logger.info("owner %s %s round %d cluster %s: %d samples, loss %.4f", self.owner_id, phase,
+                        round_number, key[:8], len(indices), loss)
 
         return Reply(config={"owner": self.owner_id, "samples": protocol.dumps(samples),
                              "losses": protocol.dumps(losses)}, arrays=arrays)

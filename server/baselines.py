@@ -18,7 +18,7 @@ def linear_probe_accuracy(backbone: Backbone, train: ImageSet, test: ImageSet,
     """Fit logistic regression (inverse regularisation ``C``) on pooled training features and
     return its test accuracy.
 
-    The probe sees the pooled training set, which no federated method does: it is a
+    The probe trains on the pooled training set, which no federated method can do. It is a
     reference for what the frozen features alone give, not a federated baseline.
     """
     from sklearn.linear_model import LogisticRegression

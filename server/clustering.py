@@ -3,9 +3,9 @@
 Items are the owners' local k-means centroids, weighted by their sample counts. The server
 merges them by count-weighted average linkage (UPGMA) and cuts the dendrogram at a height
 proportional to the data's spread, so diverse data give more clusters and homogeneous data
-fewer. The spread is snapped down to a geometric grid (steps of 2^(1/4), about 19 %), so the
-few-percent change that one owner's departure makes to it usually leaves the cut, and with it
-every cluster that did not contain that owner, unchanged. Two size rules then keep the clusters useful for both accuracy and forgetting:
+fewer. The spread is snapped down to a geometric grid (steps of 2^(1/4), about 19 %). One
+owner's departure changes the spread by a few percent, which then usually leaves the cut
+unchanged, and with it every cluster that did not contain that owner. Two size rules then keep the clusters useful for both accuracy and forgetting:
 
 - a cluster holding more than ``max_fraction`` of all samples is split into its two
   dendrogram children while both keep at least ``min_size`` samples (data that cannot be split

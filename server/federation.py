@@ -46,7 +46,7 @@ class OwnerTaskError(LmeraserError):
 
 @dataclasses.dataclass
 class Cost:
-    """What a training or unlearning run cost.
+    """Cost of a training or unlearning run.
 
     Attributes
     ----------
@@ -160,7 +160,7 @@ class Federation:
         An owner's training samples go to the cluster of the local k-means group they belong
         to, so its contribution to one cluster never depends on another cluster's prototype.
 
-        ``routed`` clusters summaries adaptively; ``global`` puts everything in one cluster;
+        ``routed`` clusters summaries adaptively, and ``global`` puts everything in one cluster.
         ``random`` assigns each owner to one of ``num_clusters`` groups by a hash of its id, so
         removing one owner never moves another.
         """
@@ -203,7 +203,10 @@ class Federation:
         """Train each cluster in ``keys`` from its seeded initialisation by FedAvg among its members.
 
         All listed clusters advance together, one message per owner per round carrying every
-        cluster the owner belongs to. Returns the parameters per key and the samples x epochs spent.
+        cluster the owner belongs to: first ``warmup_rounds`` rounds of the head alone on cached
+        features, then ``rounds`` rounds of prompt and head. Returns the parameters per key and
+        the samples x epochs spent in backbone passes (warm-up epochs run on cached features
+        and are not counted).
         """
         num_classes = len(self.classes)
         parameters = {key: initial_parameters(self.backbone, num_classes, self.job.prompt_width, self.job.seed, key)
@@ -211,8 +214,10 @@ class Federation:
         owners = sorted({owner for key in keys for owner in ledger.members(key)})
         sample_epochs = 0
 
-        rounds = tqdm(range(self.job.rounds), desc=description, unit="round", disable=not self.progress, leave=False)
-        for round_number in rounds:
+        schedule = ([(protocol.WARMUP_PHASE, r) for r in range(self.job.warmup_rounds)]
+                    + [(protocol.PROMPT_PHASE, r) for r in range(self.job.rounds)])
+        for phase, round_number in tqdm(schedule, desc=description, unit="round", disable=not self.progress,
+                                        leave=False):
             tasks = {}
             for owner in owners:
                 member_of = [key for key in keys if owner in ledger.members(key)]
@@ -221,13 +226,14 @@ class Federation:
                     for name in PARAMETER_NAMES:
                         arrays[protocol.cluster_array_name(key, name)] = parameters[key][name]
                 config = self._routing_config(owner, routing)
-                tasks[owner] = Task(protocol.TRAIN, self._config(round=round_number, **config), arrays)
+                tasks[owner] = Task(protocol.TRAIN, self._config(round=round_number, phase=phase, **config), arrays)
             replies = self._send(tasks)
 
             for key in keys:
                 parameters[key] = self._aggregate(key, ledger, replies)
-                sample_epochs += ledger.samples(key) * self.job.local_epochs
-            logger.info("%s round %d/%d: %d clusters, %d owners", description, round_number + 1, self.job.rounds,
+                if phase == protocol.PROMPT_PHASE:
+                    sample_epochs += ledger.samples(key) * self.job.local_epochs
+            logger.info("%s %s round %d: %d clusters, %d owners", description, phase, round_number + 1,
                         len(keys), len(owners))
         return parameters, sample_epochs
 

@@ -20,7 +20,7 @@ class Contribution:
 class MembershipLedger:
     """Mapping cluster key -> {owner id: Contribution}.
 
-    A cluster's members are exactly the owners listed under it; an owner with no routed samples
+    A cluster's members are exactly the owners listed under it. An owner with no routed samples
     is not a member, and a cluster with no members is absent.
     """
 
@@ -44,7 +44,7 @@ class MembershipLedger:
         return sorted(key for key, members in self.entries.items() if owner in members)
 
     def owners(self) -> list[str]:
-        """Every owner with at least one contribution, sorted."""
+        """Return every owner with at least one contribution, sorted."""
         return sorted({owner for members in self.entries.values() for owner in members})
 
     def label_counts(self, cluster: str, num_classes: int) -> list[int]:
@@ -60,7 +60,7 @@ class MembershipLedger:
         return sum(self.samples(key) for key in self.entries)
 
     def same_membership(self, cluster: str, other: MembershipLedger) -> bool:
-        """Whether ``cluster`` has identical members, counts and sample digests in both ledgers."""
+        """Return whether ``cluster`` has identical members, counts and sample digests in both ledgers."""
         return self.entries.get(cluster) == other.entries.get(cluster)
 
     def to_json(self) -> dict[str, Any]:

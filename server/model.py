@@ -1,6 +1,6 @@
 """Immutable model versions and their store: safetensors for tensors, a JSON manifest beside them.
 
-A version holds everything needed to serve and to unlearn: backbone id and hash, the owner
+A version contains everything needed to serve and to unlearn: backbone id and hash, the owner
 summaries the clustering was computed from, each cluster's prototype, prompt and head, the
 membership ledger and the owners revoked so far. Its id is the SHA-256 of the tensor file and
 the manifest, so any change of any tensor or ledger entry gives a new id.
@@ -26,8 +26,8 @@ from .ledger import MembershipLedger
 
 logger = logging.getLogger(__name__)
 
-# How prediction combines clusters: route to the nearest prototype, or average every cluster's
-# probabilities (the SISA-style random-partition baseline, whose shards have no meaningful prototypes).
+# Prediction modes: route to the nearest prototype, or average every cluster's probabilities
+# (the SISA-style random-partition baseline, whose shards have no meaningful prototypes).
 ROUTED, ENSEMBLE = "routed", "ensemble"
 
 

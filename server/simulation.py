@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 def backend_config(job: JobConfig) -> dict[str, Any]:
     """Return the Ray backend settings: local only, no dashboard, ``job.threads`` CPUs per client.
 
-    Each virtual owner's ClientApp gets ``min(job.threads, cores)`` CPUs, so on a 2-core machine
-    one owner trains at a time with 2 torch threads; wider machines run owners in parallel.
+    Each virtual owner's ClientApp gets ``min(job.threads, cores)`` CPUs. On a 2-core machine one
+    owner therefore trains at a time with 2 torch threads, and wider machines run owners in parallel.
     """
     cores = os.cpu_count() or 1
     return {

@@ -1,4 +1,4 @@
-"""How the engine reaches owners. The engine only calls :meth:`Transport.send`."""
+"""Transports that carry engine tasks to owners; the engine only calls :meth:`Transport.send`."""
 
 from __future__ import annotations
 

@@ -62,8 +62,15 @@ class JobConfig:
     max_cluster_fraction : float, default 0.5
         Clusters above this share are split along their dendrogram while both parts stay
         above the minimum size.
+    warmup_rounds : int, default 5
+        Federated averaging rounds that train only the head, on cached backbone features,
+        before the prompt is trained (0 skips the warm-up). They cost no backbone pass.
+    warmup_epochs : int, default 10
+        Passes over its samples each member makes per warm-up round.
+    warmup_lr : float, default 0.01
+        Adam learning rate of the head during the warm-up.
     rounds : int, default 3
-        Federated averaging rounds per cluster.
+        Federated averaging rounds per cluster that train the prompt and the head.
     local_epochs : int, default 2
         Passes over its routed samples each member makes per round.
     batch_size : int, default 32
@@ -98,6 +105,9 @@ class JobConfig:
     distance_factor: float = 1.0
     min_cluster_size: int = 100
     max_cluster_fraction: float = 0.5
+    warmup_rounds: int = 5
+    warmup_epochs: int = 10
+    warmup_lr: float = 0.01
     rounds: int = 3
     local_epochs: int = 2
     batch_size: int = 32
@@ -122,7 +132,8 @@ class JobConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise LmeraserError(f"invalid {_option(name)}={value!r}: expected an integer >= 1")
-        for name in ("max_per_class", "input_size", "prompt_width", "seed", "min_cluster_size"):
+        for name in ("max_per_class", "input_size", "prompt_width", "seed", "min_cluster_size", "warmup_rounds",
+                     "warmup_epochs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise LmeraserError(f"invalid {_option(name)}={value!r}: expected an integer >= 0")
@@ -130,7 +141,7 @@ class JobConfig:
             raise LmeraserError(
                 f"invalid partitioner={self.partitioner!r}: expected one of {', '.join(PARTITIONERS)}"
             )
-        for name in ("alpha", "distance_factor", "prompt_lr", "head_lr"):
+        for name in ("alpha", "distance_factor", "prompt_lr", "head_lr", "warmup_lr"):
             if not getattr(self, name) > 0:
                 raise LmeraserError(f"invalid {_option(name)}={getattr(self, name)!r}: expected > 0")
         for name, upper in (("test_fraction", 1.0), ("max_cluster_fraction", 1.0 + 1e-12)):

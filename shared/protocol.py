@@ -20,6 +20,10 @@ ASSIGN = "assign"        # per-cluster sample counts and digests under given pro
 TRAIN = "train"          # local epochs on each listed cluster's prompt and head
 TASK_KINDS = (HELLO, SUMMARIZE, ASSIGN, TRAIN)
 
+# Phases of a train task: the head alone on cached features, then prompt and head together.
+WARMUP_PHASE = "warmup"
+PROMPT_PHASE = "prompt"
+
 
 @dataclasses.dataclass
 class Task:
