@@ -78,6 +78,7 @@ def run_seed(job: JobConfig, unlearn: int) -> dict:
     result["wall_seconds"]["routed"] = time.perf_counter() - started
     evaluation = evaluate(routed, backbone, test, test_features)
     result["accuracy"]["routed"] = evaluation["accuracy"]
+    result["accuracy"]["routed_nearest"] = evaluate(routed, backbone, test, test_features, temperature=0.0)["accuracy"]
     result["label_coverage"] = evaluation["label_coverage"]
     result["cluster_sizes"] = sorted((routed.ledger.samples(c.key) for c in routed.served_clusters), reverse=True)
     result["owners_per_cluster"] = [len(routed.ledger.members(c.key)) for c in routed.served_clusters]
@@ -115,7 +116,8 @@ def write_report(results: list[dict], settings: dict, out: Path) -> str:
     """Write the JSON results and a Markdown table; return the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "cifar10.json").write_text(json.dumps({"settings": settings, "seeds": results}, indent=1))
-    names = {"routed": "routed prompts (lmeraser)", "global": "one global prompt",
+    names = {"routed": "routed prompts (lmeraser, soft routing)",
+             "routed_nearest": "routed prompts, nearest prototype only", "global": "one global prompt",
              "random": "random partition (SISA)", "probe": "linear probe (pooled data)"}
     lines = [
         "# CIFAR-10 benchmark",

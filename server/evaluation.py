@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..client.training import nearest_prototype, predict_logits
+from ..client.training import predict_logits
 from ..shared.backbone import Backbone
 from ..shared.data import ImageSet, normalize
 from ..shared.errors import LmeraserError
@@ -28,13 +28,46 @@ def embed_images(backbone: Backbone, images: torch.Tensor) -> np.ndarray:
     return backbone.embed(normalize(images, backbone.mean, backbone.std)).numpy()
 
 
+# Clusters whose relative distance exceeds this many temperatures get no weight (e^-5 < 1 %).
+WEIGHT_CUTOFF = 5.0
+
+
+def routing_weights(features: np.ndarray, prototypes: np.ndarray, temperature: float) -> np.ndarray:
+    """Return per-input cluster weights (N, C) from distances to the prototypes.
+
+    ``temperature`` 0 gives hard routing: weight 1 on the nearest prototype. Otherwise cluster
+    ``c`` gets weight proportional to exp(-(d_c - d_min) / (temperature * d_min)), so a cluster
+    10 % farther than the nearest one weighs e^-1 as much at temperature 0.1. Clusters more than
+    ``WEIGHT_CUTOFF`` temperatures away get none, which bounds the heads evaluated per input.
+    """
+    features64 = np.asarray(features, dtype=np.float64)
+    prototypes64 = np.asarray(prototypes, dtype=np.float64)
+    squared = ((features64 ** 2).sum(1, keepdims=True) - 2.0 * features64 @ prototypes64.T
+               + (prototypes64 ** 2).sum(1)[None, :])
+    distances = np.sqrt(np.maximum(squared, 0.0))
+    nearest = distances.argmin(1)
+    weights = np.zeros_like(distances)
+    if temperature <= 0:
+        weights[np.arange(len(nearest)), nearest] = 1.0
+        return weights
+    closest = np.maximum(distances.min(1, keepdims=True), 1e-12)
+    relative = (distances - closest) / (temperature * closest)
+    weights = np.where(relative <= WEIGHT_CUTOFF, np.exp(-relative), 0.0)
+    return weights / weights.sum(1, keepdims=True)
+
+
 def predict(model: ModelVersion, backbone: Backbone, images: torch.Tensor,
-            features: np.ndarray | None = None) -> Prediction:
-    """Predict classes: route each input to its nearest prototype and apply that cluster's prompt
-    and head, or, for an ensemble model, average the class probabilities of every cluster."""
+            features: np.ndarray | None = None, temperature: float | None = None) -> Prediction:
+    """Predict classes with a stored model.
+
+    A routed model weighs clusters by their prototypes' distance (:func:`routing_weights`) and
+    mixes the class probabilities of each weighted cluster's prompt and head; at temperature 0
+    this is the nearest prototype's prediction alone. An ensemble model averages every cluster.
+    ``temperature`` defaults to the model's own ``routing_temperature``.
+    """
     if backbone.sha256 != model.backbone_sha256:
         raise LmeraserError(f"backbone {backbone.name} (sha256 {backbone.sha256[:12]}) differs from the model's "
-                         f"{model.backbone} (sha256 {model.backbone_sha256[:12]}); load the model's backbone")
+                            f"{model.backbone} (sha256 {model.backbone_sha256[:12]}); load the model's backbone")
     served = model.served_clusters
     num_classes = len(model.classes)
     if not served:
@@ -48,22 +81,25 @@ def predict(model: ModelVersion, backbone: Backbone, images: torch.Tensor,
 
     if features is None:
         features = embed_images(backbone, images)
-    nearest = nearest_prototype(features, np.stack([c.prototype for c in served]))
-    labels = np.zeros(len(images), dtype=np.int64)
+    if temperature is None:
+        temperature = model.routing_temperature
+    weights = routing_weights(features, np.stack([c.prototype for c in served]), temperature)
+    mixture = np.zeros((len(images), num_classes))
     for index, cluster in enumerate(served):
-        routed = np.flatnonzero(nearest == index)
+        routed = np.flatnonzero(weights[:, index] > 0)
         if len(routed):
             logits = predict_logits(backbone, model.parameters[cluster.key], images[torch.from_numpy(routed)],
                                     num_classes, model.prompt_width)
-            labels[routed] = logits.argmax(1).numpy()
-    return Prediction(labels, [served[i].key for i in nearest])
+            mixture[routed] += weights[routed, index, None] * torch.softmax(logits, 1).numpy()
+    return Prediction(mixture.argmax(1), [served[i].key for i in weights.argmax(1)])
 
 
 def evaluate(model: ModelVersion, backbone: Backbone, test: ImageSet,
-             features: np.ndarray | None = None) -> dict[str, Any]:
-    """Return overall accuracy and, per cluster, members, training samples, routed test inputs,
-    their accuracy and label coverage (share of routed inputs whose class the cluster trained on)."""
-    prediction = predict(model, backbone, test.images, features)
+             features: np.ndarray | None = None, temperature: float | None = None) -> dict[str, Any]:
+    """Return overall accuracy and, per cluster, members, training samples, test inputs whose
+    nearest prototype it is, their accuracy and label coverage (share of those inputs whose
+    class the cluster trained on)."""
+    prediction = predict(model, backbone, test.images, features, temperature)
     correct = prediction.labels == test.labels
     report: dict[str, Any] = {"accuracy": float(correct.mean()) if len(correct) else 0.0, "test_samples": len(test),
                               "clusters": []}

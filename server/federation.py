@@ -268,6 +268,7 @@ class Federation:
             config_fingerprint=self.job.training_fingerprint(), summaries=summaries,
             clusters=[c for c in clusters if c.key in parameters], routing=routing, ledger=ledger,
             parameters=parameters, revoked=sorted(revoked), parent=parent,
+            routing_temperature=self.job.routing_temperature,
         )
 
     def fit(self, owners: list[str], strategy: str = "routed", num_clusters: int = 0) -> tuple[ModelVersion, Cost]:

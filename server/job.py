@@ -110,6 +110,8 @@ def run_job(job: JobConfig, transport: Transport, progress: bool = True) -> dict
     model, cost = federation.fit(owners, "routed")
     version = store.save(model)
     results["models"]["routed"] = _summary(model, version, cost, evaluate(model, backbone, test, test_features))
+    results["models"]["routed"]["accuracy_nearest"] = evaluate(model, backbone, test, test_features,
+                                                              temperature=0.0)["accuracy"]
 
     # Baselines, trained by the same engine so that the comparison is fair.
     for name in job.baseline_names:

@@ -49,6 +49,8 @@ class ModelVersion:
         Owner -> cluster keys its samples may be routed to.
     ledger : MembershipLedger
         Samples each owner contributed to each cluster.
+    routing_temperature : float
+        Soft-routing temperature used by prediction (0 routes to the nearest prototype only).
     """
 
     strategy: str
@@ -66,6 +68,7 @@ class ModelVersion:
     parameters: dict[str, dict[str, np.ndarray]]
     revoked: list[str] = dataclasses.field(default_factory=list)
     parent: str = ""
+    routing_temperature: float = 0.0
 
     @property
     def served_clusters(self) -> list[Cluster]:
@@ -101,6 +104,7 @@ class ModelVersion:
             "ledger": self.ledger.to_json(),
             "revoked": sorted(self.revoked),
             "parent": self.parent,
+            "routing_temperature": self.routing_temperature,
         }
 
 
@@ -200,4 +204,5 @@ def _from_stored(manifest: dict[str, Any], tensors: dict[str, np.ndarray]) -> Mo
         config_fingerprint=manifest["config_fingerprint"], summaries=summaries, clusters=clusters,
         routing=manifest["routing"], ledger=ledger, parameters=parameters,
         revoked=manifest["revoked"], parent=manifest["parent"],
+        routing_temperature=float(manifest.get("routing_temperature", 0.0)),
     )

@@ -31,6 +31,8 @@ def format_results(results: dict[str, Any]) -> str:
         clusters = str(len(sizes)) if sizes else "-"
         shown = "/".join(str(s) for s in sizes) if sizes else ""
         lines.append(f"{MODEL_NAMES.get(name, name):<30}{_percent(model['accuracy']):>10}{clusters:>10}  {shown}")
+        if "accuracy_nearest" in model:
+            lines.append(f"{'  nearest prototype only':<30}{_percent(model['accuracy_nearest']):>10}")
 
     routed = results["models"]["routed"]
     lines += ["", f"routed clusters (label coverage of routed test inputs: {_percent(routed.get('label_coverage'))})",

@@ -77,6 +77,10 @@ class JobConfig:
         Local mini-batch size.
     prompt_lr, head_lr : float, default 0.05 and 0.003
         Adam learning rates of the prompt and the head.
+    routing_temperature : float, default 0.1
+        Soft routing at prediction: clusters are weighted by exp(-(d - d_min) / (T * d_min))
+        of their prototype distance d and their class probabilities mixed; 0 uses the
+        nearest prototype's prompt and head alone.
     revoke : str, default ""
         Owner to revoke after training (``owner-003``); empty revokes the first owner.
     verify : bool, default True
@@ -113,6 +117,7 @@ class JobConfig:
     batch_size: int = 32
     prompt_lr: float = 0.05
     head_lr: float = 0.003
+    routing_temperature: float = 0.1
     revoke: str = ""
     verify: bool = True
     baselines: str = "global,random,probe"
@@ -144,6 +149,8 @@ class JobConfig:
         for name in ("alpha", "distance_factor", "prompt_lr", "head_lr", "warmup_lr"):
             if not getattr(self, name) > 0:
                 raise LmeraserError(f"invalid {_option(name)}={getattr(self, name)!r}: expected > 0")
+        if not self.routing_temperature >= 0:
+            raise LmeraserError(f"invalid routing-temperature={self.routing_temperature!r}: expected >= 0")
         for name, upper in (("test_fraction", 1.0), ("max_cluster_fraction", 1.0 + 1e-12)):
             value = getattr(self, name)
             if not 0.0 < value < upper:
