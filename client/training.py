@@ -85,15 +85,3 @@ def predict_logits(backbone: Backbone, parameters: dict[str, np.ndarray], images
     outputs = [model(normalize(images[i:i + batch_size], backbone.mean, backbone.std))
                for i in range(0, len(images), batch_size)]
     return torch.cat(outputs) if outputs else torch.zeros(0, num_classes)
-
-
-def nearest_prototype(features: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
-    """Return, per feature row, the index of the nearest prototype (Euclidean; ties to the lowest)."""
-    features64 = np.asarray(features, dtype=np.float64)
-    prototypes64 = np.asarray(prototypes, dtype=np.float64)
-    distances = (
-        (features64 ** 2).sum(1, keepdims=True)
-        - 2.0 * features64 @ prototypes64.T
-        + (prototypes64 ** 2).sum(1)[None, :]
-    )
-    return distances.argmin(axis=1)
