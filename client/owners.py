@@ -16,7 +16,7 @@ from .worker import OwnerWorker
 
 def backbone_for(job: JobConfig):
     """Return the job's backbone (cached per process)."""
-    return load_backbone(job.backbone, job.checkpoint, job.input_size)
+    return load_backbone(job.backbone, job.checkpoint, job.input_size, job.mean, job.std)
 
 
 def datasets_for(job: JobConfig):

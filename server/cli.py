@@ -23,7 +23,7 @@ def _field_help() -> dict[str, str]:
     helps: dict[str, str] = {}
     doc = JobConfig.__doc__ or ""
     for match in re.finditer(r"^    (\w+(?:, \w+)*) : [^\n]*\n((?:        [^\n]*\n?)+)", doc, re.MULTILINE):
-        text = " ".join(line.strip() for line in match.group(2).splitlines())
+        text = " ".join(line.strip() for line in match.group(2).splitlines()).replace("``", "'")
         for name in match.group(1).split(", "):
             helps[name] = text
     return helps
@@ -131,7 +131,8 @@ def command_predict(arguments: argparse.Namespace) -> int:
     else:
         version, model = _current_model(state)
     job = json.loads((state / "job.json").read_text())
-    backbone = load_backbone(model.backbone, job.get("checkpoint", ""), model.input_size)
+    backbone = load_backbone(model.backbone, job.get("checkpoint", ""), model.input_size, job.get("mean", ""),
+                             job.get("std", ""))
     images = []
     for path in arguments.images:
         image = _read_image(Path(path), model.input_size)

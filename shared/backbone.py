@@ -164,8 +164,22 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def parse_channels(text: str, option: str) -> tuple[float, float, float] | None:
+    """Parse ``"0.5,0.5,0.5"`` into three floats; an empty string gives ``None``."""
+    if not text.strip():
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError as error:
+        raise BackboneError(f"invalid {option}={text!r}: expected three comma-separated numbers") from error
+    if len(values) != 3:
+        raise BackboneError(f"invalid {option}={text!r}: expected one value per RGB channel, got {len(values)}")
+    return values  # type: ignore[return-value]
+
+
 @functools.lru_cache(maxsize=4)
-def load_backbone(name: str = DEFAULT_BACKBONE, checkpoint: str = "", input_size: int = 0) -> Backbone:
+def load_backbone(name: str = DEFAULT_BACKBONE, checkpoint: str = "", input_size: int = 0,
+                  mean: str = "", std: str = "") -> Backbone:
     """Build the frozen backbone; cached per process because clients share it across owners.
 
     Parameters
@@ -178,6 +192,8 @@ def load_backbone(name: str = DEFAULT_BACKBONE, checkpoint: str = "", input_size
         weights (which need network access) for any other name.
     input_size : int, default 0
         Side of the square input in pixels; 0 takes the size from the model's pretrained config.
+    mean, std : str, default ""
+        Per-channel normalisation as ``"r,g,b"``; empty takes it from the pretrained config.
 
     Raises
     ------
@@ -198,15 +214,17 @@ def load_backbone(name: str = DEFAULT_BACKBONE, checkpoint: str = "", input_size
 
     _freeze(model)
     config = getattr(model, "pretrained_cfg", {}) or {}
-    mean = tuple(float(v) for v in config.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(float(v) for v in config.get("std", (0.229, 0.224, 0.225)))
+    mean_values = parse_channels(mean, "mean") or tuple(float(v) for v in config.get("mean", (0.485, 0.456, 0.406)))
+    std_values = parse_channels(std, "std") or tuple(float(v) for v in config.get("std", (0.229, 0.224, 0.225)))
+    if min(std_values) <= 0:
+        raise BackboneError(f"invalid std={std!r}: every channel must be > 0")
     size = input_size or int(config.get("input_size", (3, 224, 224))[-1])
     backbone = Backbone(
         name=name,
         model=model,
         feature_dim=int(model.num_features),
-        mean=mean,  # type: ignore[arg-type]
-        std=std,  # type: ignore[arg-type]
+        mean=mean_values,  # type: ignore[arg-type]
+        std=std_values,  # type: ignore[arg-type]
         input_size=size,
         sha256=state_dict_sha256(model),
         weights=weights,

@@ -50,6 +50,8 @@ class JobConfig:
         weights for the default backbone, or timm's pretrained weights for other names.
     input_size : int, default 32
         Side of the square backbone input in pixels; 0 takes the backbone's own config.
+    mean, std : str, default ""
+        Per-channel input normalisation as ``r,g,b``; empty takes the backbone's own config.
     prompt_width : int, default 4
         Width in pixels of the learnable prompt border.
     summary_k : int, default 2
@@ -104,6 +106,8 @@ class JobConfig:
     backbone: str = "tf_efficientnet_lite0"
     checkpoint: str = ""
     input_size: int = 32
+    mean: str = ""
+    std: str = ""
     prompt_width: int = 4
     summary_k: int = 2
     distance_factor: float = 1.0

@@ -48,6 +48,14 @@ def test_backbone_frozen_with_stable_hash() -> None:
     assert backbone.sha256 == load_backbone(input_size=224).sha256
 
 
+def test_normalisation_override() -> None:
+    backbone = load_backbone(input_size=32, mean="0.4,0.5,0.6", std="0.2,0.2,0.2")
+    assert backbone.mean == (0.4, 0.5, 0.6)
+    assert backbone.std == (0.2, 0.2, 0.2)
+    with pytest.raises(BackboneError, match="expected one value per RGB channel, got 2"):
+        load_backbone(input_size=32, mean="0.5,0.5")
+
+
 def test_invalid_timm_name_rejected() -> None:
     with pytest.raises(BackboneError, match="unknown timm model 'no_such_net'"):
         load_backbone("no_such_net", "", 32)
