@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/lmeraser simulate
 
 test: install
-	$(BIN)/python -m pytest $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+	$(BIN)/python -m pytest $(if $(DATA_DIR),--data-dir=$(DATA_DIR))
 
 bench: install
 	$(BIN)/python benchmarks/cifar10.py --data-dir $(or $(DATA_DIR),../shared/data)

@@ -135,6 +135,8 @@ def command_predict(arguments: argparse.Namespace) -> int:
                              job.get("std", ""))
     images = []
     for path in arguments.images:
+        if not Path(path).is_file():
+            raise LmeraserError(f"image {path!r} not found; pass the path of an existing image file")
         image = _read_image(Path(path), model.input_size)
         if image is None:
             raise LmeraserError(f"cannot read image {path!r}; pass a JPEG, PNG or other image file")

@@ -325,9 +325,10 @@ class Federation:
         RevocationError
             ``owner`` is not part of the model.
         """
-        known = sorted({item.owner for item in model.summaries} | set(model.revoked))
-        if owner not in known:
-            raise RevocationError(f"unknown owner {owner!r}; owners of this model: {', '.join(known)}")
+        active = sorted({item.owner for item in model.summaries})
+        if owner not in active and owner not in model.revoked:
+            revoked = f" (already revoked: {', '.join(model.revoked)})" if model.revoked else ""
+            raise RevocationError(f"unknown owner {owner!r}; owners of this model: {', '.join(active)}{revoked}")
         if owner in model.revoked:
             logger.info("owner %s is already revoked; nothing to do", owner)
             empty = Cost()

@@ -46,9 +46,10 @@ def format_results(results: dict[str, Any]) -> str:
     measured = "" if full.get("measured") else " (original training time)"
     lines += [
         "",
-        f"revocation of {revocation['owner']}: kept {len(revocation['kept'])} clusters, retrained "
-        f"{len(revocation['retrained'])}, dropped {len(revocation['dropped'])}; accuracy after "
-        f"{_percent(revocation['accuracy_after'])}",
+        f"revocation of {revocation['owner']}: {revocation['clusters_before']} clusters before, "
+        f"{revocation['clusters_after']} after; kept {len(revocation['kept'])}, retrained "
+        f"{len(revocation['retrained'])} (new or changed), dropped {len(revocation['dropped'])} "
+        f"(no member left); accuracy after {_percent(revocation['accuracy_after'])}",
         f"{'':<22}{'revocation':>12}{'full retrain':>14}{'ratio':>8}",
         f"{'clusters trained':<22}{cost['clusters_trained']:>12}{full['clusters_trained']:>14}"
         f"{_ratio(full['clusters_trained'], cost['clusters_trained']):>8}",

@@ -31,7 +31,7 @@ class JobConfig:
         MNIST IDX files).
     num_owners : int, default 10
         Data owners (Flower clients) the training split is partitioned among.
-    partitioner : str, default "iid"
+    partitioner : str, default "dirichlet"
         ``iid``, ``dirichlet`` (label skew with concentration ``alpha``) or ``shards``.
     alpha : float, default 0.5
         Dirichlet concentration; smaller values give each owner fewer labels.
@@ -54,7 +54,7 @@ class JobConfig:
         Per-channel input normalisation as ``r,g,b``; empty takes the backbone's own config.
     prompt_width : int, default 4
         Width in pixels of the learnable prompt border.
-    summary_k : int, default 2
+    summary_k : int, default 1
         Local k-means centroids per owner summary; an owner joins at most this many clusters.
     distance_factor : float, default 1.0
         Cut height of the agglomerative clustering, as a multiple of the data's spread.
@@ -77,8 +77,10 @@ class JobConfig:
         Passes over its routed samples each member makes per round.
     batch_size : int, default 32
         Local mini-batch size.
-    prompt_lr, head_lr : float, default 0.05 and 0.003
-        Adam learning rates of the prompt and the head.
+    prompt_lr : float, default 0.05
+        Adam learning rate of the prompt.
+    head_lr : float, default 0.003
+        Adam learning rate of the head while the prompt trains.
     routing_temperature : float, default 0.1
         Soft routing at prediction: clusters are weighted by exp(-(d - d_min) / (T * d_min))
         of their prototype distance d and their class probabilities mixed; 0 uses the
@@ -97,7 +99,7 @@ class JobConfig:
 
     dataset: str = "digits"
     num_owners: int = 10
-    partitioner: str = "iid"
+    partitioner: str = "dirichlet"
     alpha: float = 0.5
     shards_per_owner: int = 2
     test_fraction: float = 0.3
@@ -109,7 +111,7 @@ class JobConfig:
     mean: str = ""
     std: str = ""
     prompt_width: int = 4
-    summary_k: int = 2
+    summary_k: int = 1
     distance_factor: float = 1.0
     min_cluster_size: int = 100
     max_cluster_fraction: float = 0.5

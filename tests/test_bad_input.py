@@ -133,6 +133,7 @@ def test_revoke_unknown_owner_keeps_state(capsys, trained_state) -> None:
     assert main(["revoke", "owner-999", "--state-dir", str(trained_state)]) == 2
     error = capsys.readouterr().err
     assert "unknown owner 'owner-999'" in error and "owner-001" in error
+    assert "already revoked: owner-000" in error
     assert snapshot(trained_state) == before
 
 

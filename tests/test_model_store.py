@@ -78,6 +78,16 @@ def test_predict_command_routes_images(trained, tmp_path, capsys) -> None:
         assert cluster.split()[1] in {c.key[:12] for c in model.served_clusters}
 
 
+def test_predict_missing_file(trained, tmp_path, capsys) -> None:
+    job, model = trained
+    state = tmp_path / "state"
+    version = ModelStore(state).save(model)
+    (state / "current").write_text(version)
+    (state / "job.json").write_text(json.dumps(job.to_mapping()))
+    assert main(["predict", "--state-dir", str(state), str(tmp_path / "absent.png")]) == 2
+    assert "absent.png' not found" in capsys.readouterr().err
+
+
 def test_predict_rejects_non_image(trained, tmp_path, capsys) -> None:
     job, model = trained
     state = tmp_path / "state"
