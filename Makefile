@@ -26,7 +26,8 @@ test: install
 	$(BIN)/python -m pytest $(if $(DATA_DIR),--data-dir=$(DATA_DIR))
 
 bench: install
-	$(BIN)/python benchmarks/cifar10.py --data-dir $(or $(DATA_DIR),../shared/data)
+	$(BIN)/python benchmarks/cifar10.py --data-dir $(or $(DATA_DIR),../shared/data) --seeds 0,1,2 \
+		--set input-size=64 --set prompt-width=8 --set rounds=2 --set local-epochs=4 --set summary-k=2
 
 clean:
 	rm -rf lmeraser-state bench-results .pytest_cache

@@ -24,7 +24,7 @@ FAST = ["--engine", "local", "--input-size", "32", "--prompt-width", "4", "--rou
 
 @pytest.fixture
 def state(tmp_path):
-    """A state directory that already holds files, so changes to it would show."""
+    """A state directory that already contains files, so changes to it would show."""
     folder = tmp_path / "state"
     (folder / "models").mkdir(parents=True)
     (folder / "models" / "previous.json").write_text('{"version": "previous"}')
@@ -51,7 +51,9 @@ def _image_tree(root, classes=("cat", "dog"), per_class=3):
 
 def test_missing_folder(capsys, state, tmp_path) -> None:
     error = _fails(capsys, state, "--dataset", f"folder:{tmp_path / 'absent'}")
-    assert "image folder" in error and "absent" in error and "not found" in error
+    assert "image folder" in error
+    assert "absent" in error
+    assert "not found" in error
 
 
 def test_empty_folder(capsys, state, tmp_path) -> None:
@@ -64,7 +66,9 @@ def test_class_folder_without_images(capsys, state, tmp_path) -> None:
     root = _image_tree(tmp_path / "images")
     (root / "bird").mkdir()
     error = _fails(capsys, state, "--dataset", f"folder:{root}")
-    assert "class folder" in error and "bird" in error and "no readable images" in error
+    assert "class folder" in error
+    assert "bird" in error
+    assert "no readable images" in error
 
 
 def test_corrupt_image_skipped_and_counted(tmp_path) -> None:
@@ -82,7 +86,8 @@ def test_more_owners_than_samples(capsys, state) -> None:
 
 def test_owner_with_zero_samples(capsys, state) -> None:
     error = _fails(capsys, state, "--num-owners", "1000", "--partitioner", "dirichlet", "--alpha", "0.01")
-    assert "fewer than 1 samples" in error and "larger alpha" in error
+    assert "fewer than 1 samples" in error
+    assert "larger alpha" in error
 
 
 def test_worker_without_samples(tmp_path) -> None:
@@ -94,7 +99,8 @@ def test_worker_without_samples(tmp_path) -> None:
 
 def test_unknown_owner_to_revoke(capsys, state) -> None:
     error = _fails(capsys, state, "--revoke", "owner-999")
-    assert "unknown owner to revoke 'owner-999'" in error and "owner-000 to owner-003" in error
+    assert "unknown owner to revoke 'owner-999'" in error
+    assert "owner-000 to owner-003" in error
 
 
 def test_invalid_timm_name(capsys, state) -> None:
@@ -132,7 +138,8 @@ def test_revoke_unknown_owner_keeps_state(capsys, trained_state) -> None:
     before = snapshot(trained_state)
     assert main(["revoke", "owner-999", "--state-dir", str(trained_state)]) == 2
     error = capsys.readouterr().err
-    assert "unknown owner 'owner-999'" in error and "owner-001" in error
+    assert "unknown owner 'owner-999'" in error
+    assert "owner-001" in error
     assert "already revoked: owner-000" in error
     assert snapshot(trained_state) == before
 
