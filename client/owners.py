@@ -10,6 +10,7 @@ import torch
 from ..shared.backbone import load_backbone
 from ..shared.config import JobConfig
 from ..shared.datasets import load_dataset
+from ..shared.errors import LmeraserError
 from ..shared.partition import owner_id, partition
 from .worker import OwnerWorker
 
@@ -51,7 +52,8 @@ def _data_key(job: JobConfig) -> str:
 def simulated_worker(job: JobConfig, index: int) -> OwnerWorker:
     """Return the worker of partition ``index`` (owner ``owner-<index>``), cached per process."""
     if not 0 <= index < job.num_owners:
-        raise ValueError(f"partition {index} is outside 0..{job.num_owners - 1}")
+        raise LmeraserError(f"partition-id {index} is outside 0..{job.num_owners - 1}; run as many simulated "
+                            f"SuperNodes as num-owners={job.num_owners}")
     return _worker(_data_key(job), index)
 
 
