@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from lmeraser.server.cli import main
+
 pytestmark = pytest.mark.slow
 
 
@@ -20,9 +22,10 @@ def test_simulate_command_on_flower(tmp_path) -> None:
     environment = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
                    "RAY_USAGE_STATS_ENABLED": "0"}
     script = Path(sys.executable).with_name("lmeraser")
+    options = ["--num-owners", "4", "--rounds", "1", "--local-epochs", "1", "--batch-size", "64",
+               "--baselines", "global", "--revoke", "owner-002"]
     command = [str(script if script.exists() else shutil.which("lmeraser")), "simulate", "--engine", "flower",
-               "--state-dir", str(state), "--num-owners", "4", "--rounds", "1", "--local-epochs", "1",
-               "--batch-size", "64", "--baselines", "global", "--revoke", "owner-002"]
+               "--state-dir", str(state), *options]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment, cwd=tmp_path)
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
     assert "exact: yes" in completed.stdout
@@ -41,6 +44,14 @@ def test_simulate_command_on_flower(tmp_path) -> None:
     manifest = json.loads((state / "models" / f"{current}.json").read_text())
     assert manifest["revoked"] == ["owner-002"]
     assert "owner-002" not in json.dumps(manifest["ledger"])
+
+    # The engine does not depend on the transport: in-process owners give the same model versions.
+    local_state = tmp_path / "local-state"
+    assert main(["simulate", "--engine", "local", "--state-dir", str(local_state), *options]) == 0
+    local = json.loads((local_state / "results.json").read_text())
+    assert local["transport"] == "InProcessTransport"
+    assert local["models"]["routed"]["version"] == results["models"]["routed"]["version"]
+    assert local["revocation"]["version"] == results["revocation"]["version"]
 
 
 def test_flwr_run_uses_app_config(tmp_path) -> None:
