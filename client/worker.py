@@ -72,7 +72,7 @@ class OwnerWorker:
     def local_groups(self, summary_k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Return k-means centroids (k, d) of the owner's features and each sample's group (N,).
 
-        ``k`` is ``summary_k`` capped by the number of distinct feature vectors; the seed derives
+        ``k`` is ``summary_k`` capped by the number of distinct feature vectors. The seed derives
         from the global seed and the owner id, so the groups are the same in every run.
         """
         cache_key = (summary_k, seed)

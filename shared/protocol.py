@@ -36,7 +36,7 @@ class Task:
 
 @dataclasses.dataclass
 class Reply:
-    """An owner's answer to a :class:`Task`; ``error`` is set instead of results on failure."""
+    """An owner's reply to a :class:`Task`; ``error`` is set instead of results on failure."""
 
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
