@@ -27,7 +27,7 @@ import torch
 
 from lmeraser.client.owners import backbone_for, datasets_for, simulated_workers
 from lmeraser.server.baselines import linear_probe_accuracy
-from lmeraser.server.evaluation import embed_images, evaluate
+from lmeraser.server.evaluation import evaluate
 from lmeraser.server.federation import Federation
 from lmeraser.server.transport import InProcessTransport
 from lmeraser.shared.config import JobConfig
@@ -70,7 +70,7 @@ def run_seed(job: JobConfig, unlearn: int) -> dict:
     workers = simulated_workers(job)
     owners = sorted(workers)
     federation = Federation(InProcessTransport(workers), job, backbone, train.classes, progress=False)
-    test_features = embed_images(backbone, test.images)
+    test_features = backbone.embed_images(test.images)
     result: dict = {"seed": job.seed, "accuracy": {}, "wall_seconds": {}}
 
     started = time.perf_counter()

@@ -18,7 +18,7 @@ import torch
 from ..shared import protocol
 from ..shared.backbone import Backbone
 from ..shared.config import JobConfig
-from ..shared.data import ImageSet, normalize
+from ..shared.data import ImageSet
 from ..shared.errors import BackboneError, LmeraserError
 from ..shared.prompt import PARAMETER_NAMES
 from ..shared.protocol import Reply, Task
@@ -59,12 +59,7 @@ class OwnerWorker:
     def features(self) -> np.ndarray:
         """Pooled backbone features (N, d) of the owner's images, without any prompt."""
         started = time.perf_counter()
-        with torch.no_grad():
-            chunks = [
-                self.backbone.embed(normalize(self.data.images[i:i + 512], self.backbone.mean, self.backbone.std))
-                for i in range(0, len(self.data), 512)
-            ]
-        features = torch.cat(chunks).numpy()
+        features = self.backbone.embed_images(self.data.images)
         logger.debug("owner %s embedded %d images in %.1fs", self.owner_id, len(features),
                      time.perf_counter() - started)
         return features

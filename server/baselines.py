@@ -8,7 +8,6 @@ import numpy as np
 
 from ..shared.backbone import Backbone
 from ..shared.data import ImageSet
-from .evaluation import embed_images
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +22,9 @@ def linear_probe_accuracy(backbone: Backbone, train: ImageSet, test: ImageSet,
     """
     from sklearn.linear_model import LogisticRegression
 
-    train_features = embed_images(backbone, train.images)
+    train_features = backbone.embed_images(train.images)
     if test_features is None:
-        test_features = embed_images(backbone, test.images)
+        test_features = backbone.embed_images(test.images)
     probe = LogisticRegression(C=regularization, max_iter=2000).fit(train_features, train.labels)
     accuracy = float((probe.predict(test_features) == test.labels).mean())
     logger.info("linear probe on %d frozen features: accuracy %.4f", train_features.shape[1], accuracy)

@@ -38,9 +38,9 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _job_from(arguments: argparse.Namespace) -> JobConfig:
-    given = {field.name: getattr(arguments, field.name) for field in dataclasses.fields(JobConfig)
-             if getattr(arguments, field.name) is not None}
-    return JobConfig.from_mapping(given)
+    overrides = {field.name: getattr(arguments, field.name) for field in dataclasses.fields(JobConfig)
+                 if getattr(arguments, field.name) is not None}
+    return JobConfig.from_mapping(overrides)
 
 
 def _in_process(job: JobConfig):

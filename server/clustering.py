@@ -57,11 +57,6 @@ class Cluster:
     prototype: np.ndarray
 
     @property
-    def owners(self) -> list[str]:
-        """Owners with at least one item in the cluster, sorted."""
-        return sorted({item.owner for item in self.items})
-
-    @property
     def weight(self) -> int:
         """Samples summarised by the member items."""
         return sum(item.count for item in self.items)

@@ -10,7 +10,7 @@ import torch
 
 from ..client.training import predict_logits
 from ..shared.backbone import Backbone
-from ..shared.data import ImageSet, normalize
+from ..shared.data import ImageSet
 from ..shared.errors import LmeraserError
 from .model import ENSEMBLE, ModelVersion
 
@@ -21,11 +21,6 @@ class Prediction:
 
     labels: np.ndarray
     clusters: list[str]
-
-
-def embed_images(backbone: Backbone, images: torch.Tensor) -> np.ndarray:
-    """Return backbone features (no prompt) of uint8 images."""
-    return backbone.embed(normalize(images, backbone.mean, backbone.std)).numpy()
 
 
 # Clusters whose relative distance exceeds this many temperatures get no weight (e^-5 < 1 %).
@@ -80,7 +75,7 @@ def predict(model: ModelVersion, backbone: Backbone, images: torch.Tensor,
         return Prediction(probabilities.argmax(1).numpy(), [""] * len(images))
 
     if features is None:
-        features = embed_images(backbone, images)
+        features = backbone.embed_images(images)
     if temperature is None:
         temperature = model.routing_temperature
     weights = routing_weights(features, np.stack([c.prototype for c in served]), temperature)

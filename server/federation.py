@@ -199,7 +199,8 @@ class Federation:
                 ledger.record(key, owner, Contribution(int(samples), digest, tuple(labels)))
         return ledger
 
-    def train(self, keys: list[str], routing: dict[str, list[str]], ledger: MembershipLedger, description: str = "training") -> tuple[dict[str, dict[str, np.ndarray]], int]:
+    def train(self, keys: list[str], routing: dict[str, list[str]], ledger: MembershipLedger,
+              description: str = "training") -> tuple[dict[str, dict[str, np.ndarray]], int]:
         """Train each cluster in ``keys`` from its seeded initialisation by FedAvg among its members.
 
         All listed clusters advance together, one message per owner per round carrying every
@@ -212,6 +213,8 @@ class Federation:
         parameters = {key: initial_parameters(self.backbone, num_classes, self.job.prompt_width, self.job.seed, key)
                       for key in keys}
         owners = sorted({owner for key in keys for owner in ledger.members(key)})
+        member_of = {owner: [key for key in keys if owner in ledger.members(key)] for owner in owners}
+        routing_config = {owner: self._routing_config(owner, routing) for owner in owners}
         sample_epochs = 0
 
         schedule = ([(protocol.WARMUP_PHASE, r) for r in range(self.job.warmup_rounds)]
@@ -220,41 +223,49 @@ class Federation:
                                         leave=False):
             tasks = {}
             for owner in owners:
-                member_of = [key for key in keys if owner in ledger.members(key)]
-                arrays: dict[str, np.ndarray] = {}
-                for key in member_of:
-                    for name in PARAMETER_NAMES:
-                        arrays[protocol.cluster_array_name(key, name)] = parameters[key][name]
-                config = self._routing_config(owner, routing)
-                tasks[owner] = Task(protocol.TRAIN, self._config(round=round_number, phase=phase, **config), arrays)
+                arrays = {protocol.cluster_array_name(key, name): parameters[key][name]
+                          for key in member_of[owner] for name in PARAMETER_NAMES}
+                config = self._config(round=round_number, phase=phase, **routing_config[owner])
+                tasks[owner] = Task(protocol.TRAIN, config, arrays)
             replies = self._send(tasks)
 
+            trained_samples = {owner: json.loads(reply.config["samples"]) for owner, reply in replies.items()}
             for key in keys:
-                parameters[key] = self._aggregate(key, ledger, replies)
-                if phase == protocol.PROMPT_PHASE:
-                    sample_epochs += ledger.samples(key) * self.job.local_epochs
+                parameters[key] = self._aggregate(key, ledger, replies, trained_samples)
+            if phase == protocol.PROMPT_PHASE:
+                sample_epochs += sum(ledger.samples(key) for key in keys) * self.job.local_epochs
             logger.info("%s %s round %d: %d clusters, %d owners", description, phase, round_number + 1,
                         len(keys), len(owners))
         return parameters, sample_epochs
 
-    def _aggregate(self, key: str, ledger: MembershipLedger, replies: dict[str, Reply]) -> dict[str, np.ndarray]:
-        """Average members' parameters weighted by samples, summing in sorted owner order."""
+    def _aggregate(self, key: str, ledger: MembershipLedger, replies: dict[str, Reply],
+                   trained_samples: dict[str, dict[str, int]]) -> dict[str, np.ndarray]:
+        """Average members' parameters weighted by samples, summing in sorted owner order.
+
+        ``trained_samples`` is each owner's reported sample count per cluster; it must match the ledger.
+        """
         members = ledger.members(key)
         total = ledger.samples(key)
+        for owner in members:
+            reported = trained_samples[owner][key]
+            expected = ledger.entries[key][owner].samples
+            if reported != expected:
+                raise OwnerTaskError(f"owner {owner} trained cluster {key[:12]} on {reported} samples, "
+                                     f"the ledger records {expected}")
+
         averaged = {}
         for name in PARAMETER_NAMES:
             accumulator = None
             for owner in members:
-                reported = json.loads(replies[owner].config["samples"])[key]
-                expected = ledger.entries[key][owner].samples
-                if reported != expected:
-                    raise OwnerTaskError(f"owner {owner} trained cluster {key[:12]} on {reported} samples, "
-                                         f"the ledger records {expected}")
                 value = replies[owner].arrays[protocol.cluster_array_name(key, name)].astype(np.float64)
-                term = value * (expected / total)
+                term = value * (ledger.entries[key][owner].samples / total)
                 accumulator = term if accumulator is None else accumulator + term
             averaged[name] = accumulator.astype(np.float32)
         return averaged
+
+    def _training_sample_epochs(self, keys: list[str], ledger: MembershipLedger) -> int:
+        """Return the samples x epochs that :meth:`train` spends on ``keys`` (prompt rounds only)."""
+        return sum(ledger.samples(key) for key in keys) * self.job.local_epochs * self.job.rounds
 
     # ------------------------------------------------------------------ whole runs
 
@@ -364,7 +375,7 @@ class Federation:
 
         if dry_run:
             updated = model
-            sample_epochs = sum(ledger.samples(k) for k in retrain) * self.job.local_epochs * self.job.rounds
+            sample_epochs = self._training_sample_epochs(retrain, ledger)
             self.contacted |= {o for k in retrain for o in ledger.members(k)}
         else:
             parameters = {key: model.parameters[key] for key in kept}
@@ -374,8 +385,7 @@ class Federation:
                                   model.revoked + [owner], parent)
 
         cost = Cost(len(retrain), len(self.contacted), sample_epochs, time.perf_counter() - started)
-        full = Cost(len(keys), len(remaining), ledger.total_samples() * self.job.local_epochs * self.job.rounds,
-                    full_retrain_seconds)
+        full = Cost(len(keys), len(remaining), self._training_sample_epochs(keys, ledger), full_retrain_seconds)
         report = RevocationReport(owner, False, len(model.served_clusters), len(keys), kept, retrain, dropped, cost, full)
         logger.info("revoked %s: kept %d clusters, retrained %d, dropped %d; %d sample-epochs vs %d for a full "
                     "retrain", owner, len(kept), len(retrain), len(dropped), cost.sample_epochs, full.sample_epochs)

@@ -21,7 +21,7 @@ from ..shared.errors import RevocationError
 from ..shared.partition import owner_id, partition
 from ..shared.prompt import PARAMETER_NAMES
 from .baselines import linear_probe_accuracy
-from .evaluation import embed_images, evaluate
+from .evaluation import evaluate
 from .federation import Federation
 from .model import ModelStore, ModelVersion, atomic_write
 from .transport import Transport
@@ -98,7 +98,7 @@ def run_job(job: JobConfig, transport: Transport, progress: bool = True) -> dict
     store = ModelStore(state)
     owners = [o for o in transport.owners() if o in checked.owners]
     federation = Federation(transport, job, backbone, train.classes, progress=progress)
-    test_features = embed_images(backbone, test.images)
+    test_features = backbone.embed_images(test.images)
     results: dict[str, Any] = {"config": job.to_mapping(), "owners": len(owners), "train_samples": len(train),
                                "test_samples": len(test), "input_size": backbone.input_size,
                                "backbone": backbone.name, "backbone_sha256": backbone.sha256,

@@ -55,10 +55,6 @@ class MembershipLedger:
                 totals[label] += count
         return totals
 
-    def total_samples(self) -> int:
-        """Samples across all clusters."""
-        return sum(self.samples(key) for key in self.entries)
-
     def same_membership(self, cluster: str, other: MembershipLedger) -> bool:
         """Return whether ``cluster`` has identical members, counts and sample digests in both ledgers."""
         return self.entries.get(cluster) == other.entries.get(cluster)

@@ -46,7 +46,7 @@ class ModelVersion:
     parameters : dict
         Cluster key -> {parameter name: array} for every cluster in the ledger.
     routing : dict
-        Owner -> cluster keys its samples may be routed to.
+        Owner -> cluster key of each of its summary items (list index = k-means group).
     ledger : MembershipLedger
         Samples each owner contributed to each cluster.
     routing_temperature : float

@@ -29,8 +29,8 @@ def format_results(results: dict[str, Any]) -> str:
     for name, model in results["models"].items():
         sizes = model.get("cluster_sizes")
         clusters = str(len(sizes)) if sizes else "-"
-        shown = "/".join(str(s) for s in sizes) if sizes else ""
-        lines.append(f"{MODEL_NAMES.get(name, name):<30}{_percent(model['accuracy']):>10}{clusters:>10}  {shown}")
+        sizes_text = "/".join(str(s) for s in sizes) if sizes else ""
+        lines.append(f"{MODEL_NAMES.get(name, name):<30}{_percent(model['accuracy']):>10}{clusters:>10}  {sizes_text}")
         if "accuracy_nearest" in model:
             lines.append(f"{'  nearest prototype only':<30}{_percent(model['accuracy_nearest']):>10}")
 

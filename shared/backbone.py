@@ -12,9 +12,11 @@ import hashlib
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from .data import normalize
 from .errors import BackboneError
 
 logger = logging.getLogger(__name__)
@@ -59,12 +61,13 @@ class Backbone:
         return self.model.forward_head(hidden, pre_logits=True)
 
     @torch.no_grad()
-    def embed(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Return features of normalised images in batches, without building a graph."""
-        chunks = [self.features(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    def embed_images(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Return features (N, feature_dim) of uint8 images (N, 3, S, S), normalised batch by batch."""
+        chunks = [self.features(normalize(images[i:i + batch_size], self.mean, self.std))
+                  for i in range(0, len(images), batch_size)]
         if not chunks:
-            return torch.zeros(0, self.feature_dim)
-        return torch.cat(chunks)
+            return np.zeros((0, self.feature_dim), dtype=np.float32)
+        return torch.cat(chunks).numpy()
 
 
 def state_dict_sha256(model: nn.Module) -> str:

@@ -4,7 +4,7 @@ Every loader returns images resized to one square input size as uint8 tensors, s
 costs a quarter of its float size in memory and is normalised batch by batch.
 
 Unreadable files inside an ImageFolder tree (corrupt JPEGs, stray text files) are skipped with a
-warning and counted in :attr:`ImageSet.skipped`; a tree with no readable image in some class
+warning and counted in :attr:`ImageSet.skipped`. A tree with no readable image in some class
 folder is rejected, because a class without samples cannot be learnt or evaluated.
 """
 
@@ -206,7 +206,7 @@ def load_mnist(root: str | Path, size: int, split: str) -> ImageSet | None:
     pixels = _read_idx(images_path, 2051)
     labels = _read_idx(labels_path, 2049).astype(np.int64)
     if len(pixels) != len(labels):
-        raise DataError(f"{images_path.name} holds {len(pixels)} images but {labels_path.name} "
+        raise DataError(f"{images_path.name} contains {len(pixels)} images but {labels_path.name} "
                         f"{len(labels)} labels")
     floats = torch.from_numpy(pixels.astype(np.float32) / 255.0).unsqueeze(1)
     images = torch.cat([_resize(floats[i:i + 1024], size) for i in range(0, len(floats), 1024)])

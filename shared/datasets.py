@@ -46,9 +46,10 @@ def load_dataset(spec: str, size: int, test_fraction: float = 0.3, seed: int = 0
     Parameters
     ----------
     spec : str
-        ``digits``; ``folder:PATH`` for an ImageFolder tree, split by ``test_fraction``, or a
-        folder holding ``train/`` and ``test/`` trees; ``mnist:PATH`` for IDX files (the
-        ``train-*`` split is used for training when present, else ``t10k-*`` is split).
+        ``digits`` is scikit-learn's digits, split by ``test_fraction``. ``folder:PATH`` is an
+        ImageFolder tree split the same way, or a folder containing ``train/`` and ``test/``
+        trees. ``mnist:PATH`` is a folder of IDX files: the ``train-*`` split trains when
+        present, and otherwise ``t10k-*`` is split.
     size : int
         Side of the square images, in pixels.
     test_fraction : float, default 0.3

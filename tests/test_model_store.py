@@ -55,12 +55,18 @@ def test_unknown_version_rejected(tmp_path) -> None:
         ModelStore(tmp_path).load("abc")
 
 
-def test_predict_command_routes_images(trained, tmp_path, capsys) -> None:
-    job, model = trained
+def _serving_state(tmp_path, job, model):
+    """Write a state directory whose current version is ``model``, as a simulate run leaves it."""
     state = tmp_path / "state"
     version = ModelStore(state).save(model)
     (state / "current").write_text(version)
     (state / "job.json").write_text(json.dumps(job.to_mapping()))
+    return state
+
+
+def test_predict_command_routes_images(trained, tmp_path, capsys) -> None:
+    job, model = trained
+    state = _serving_state(tmp_path, job, model)
     _, test = datasets_for(job)
     paths = []
     for index in range(3):
@@ -80,21 +86,14 @@ def test_predict_command_routes_images(trained, tmp_path, capsys) -> None:
 
 def test_predict_missing_file(trained, tmp_path, capsys) -> None:
     job, model = trained
-    state = tmp_path / "state"
-    version = ModelStore(state).save(model)
-    (state / "current").write_text(version)
-    (state / "job.json").write_text(json.dumps(job.to_mapping()))
+    state = _serving_state(tmp_path, job, model)
     assert main(["predict", "--state-dir", str(state), str(tmp_path / "absent.png")]) == 2
     assert "absent.png' not found" in capsys.readouterr().err
 
 
 def test_predict_rejects_non_image(trained, tmp_path, capsys) -> None:
     job, model = trained
-    state = tmp_path / "state"
-    (state / "current").parent.mkdir(parents=True)
-    version = ModelStore(state).save(model)
-    (state / "current").write_text(version)
-    (state / "job.json").write_text(json.dumps(job.to_mapping()))
+    state = _serving_state(tmp_path, job, model)
     bogus = tmp_path / "notes.txt"
     bogus.write_text("not an image")
     assert main(["predict", "--state-dir", str(state), str(bogus)]) == 2
