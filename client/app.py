@@ -1,7 +1,9 @@
 """The lmeraser ClientApp: one data owner's side of the federation on Flower.
 
 In simulation each virtual SuperNode is an owner whose images are partition ``partition-id``
-of the job's data set, rebuilt from the job configuration that every task carries.
+of the job's data set, rebuilt from the job configuration that every task carries. A deployed
+SuperNode names its owner and image folder in its node config:
+``--node-config 'owner-id="hospital-a" data-dir="/data/images"'``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..shared.environment import configure_offline_environment
 from ..shared.errors import LmeraserError
 from ..shared.flower_codec import reply_message, task_from_message
 from ..shared.protocol import Reply
-from .owners import simulated_worker
+from .owners import folder_worker, simulated_worker
 from .worker import OwnerWorker
 
 configure_offline_environment()
@@ -31,10 +33,17 @@ app = ClientApp()
 
 def worker_for(job: JobConfig, context: Context) -> OwnerWorker:
     """Return the worker of the owner this node serves."""
-    if "partition-id" not in context.node_config:
+    node_config = context.node_config
+    if "data-dir" in node_config or "owner-id" in node_config:
+        missing = [key for key in ("owner-id", "data-dir") if not str(node_config.get(key, ""))]
+        if missing:
+            raise LmeraserError(f"this node's config lacks {missing}; start the SuperNode with "
+                                f"--node-config 'owner-id=\"NAME\" data-dir=\"/path/to/images\"'")
+        return folder_worker(job, str(node_config["owner-id"]), str(node_config["data-dir"]))
+    if "partition-id" not in node_config:
         raise LmeraserError("this node has no 'partition-id' in its node config; simulated owners need one "
-                            "(Flower's Simulation Engine sets it)")
-    return simulated_worker(job, int(context.node_config["partition-id"]))
+                            "(Flower's Simulation Engine sets it), deployed owners need owner-id and data-dir")
+    return simulated_worker(job, int(node_config["partition-id"]))
 
 
 def _handle(message: Message, context: Context) -> Message:
@@ -43,6 +52,7 @@ def _handle(message: Message, context: Context) -> Message:
         job = JobConfig.from_mapping(json.loads(task.config.pop(JOB_KEY)))
         worker = worker_for(job, context)
     except (LmeraserError, KeyError) as error:
+        # A node that cannot build its worker still replies, so the server can name it.
         logger.error("cannot serve task %s: %s", task.kind, error)
         return reply_message(Reply(error=str(error)), message)
     return reply_message(worker.handle(task), message)

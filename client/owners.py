@@ -1,14 +1,17 @@
-"""Build owner workers from a job configuration: simulated partitions of one data set."""
+"""Build owner workers from a job configuration: simulated partitions of one data set, or a
+deployed owner's own image folder."""
 
 from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import torch
 
 from ..shared.backbone import load_backbone
 from ..shared.config import JobConfig
+from ..shared.data import load_image_folder
 from ..shared.datasets import load_dataset
 from ..shared.errors import LmeraserError
 from ..shared.partition import owner_id, partition
@@ -44,7 +47,7 @@ def _worker(job_json: str, index: int) -> OwnerWorker:
 
 def _data_key(job: JobConfig) -> str:
     # Workers depend only on data, backbone and training fields; revocation choices do not matter.
-    ignored = {"revoke", "verify", "baselines", "state_dir"}
+    ignored = {"revoke", "verify", "baselines", "state_dir", "round_timeout"}
     return json.dumps({k: v for k, v in job.to_mapping().items() if k.replace("-", "_") not in ignored},
                       sort_keys=True)
 
@@ -60,3 +63,25 @@ def simulated_worker(job: JobConfig, index: int) -> OwnerWorker:
 def simulated_workers(job: JobConfig) -> dict[str, OwnerWorker]:
     """Return every simulated owner's worker keyed by owner id."""
     return {owner_id(i): simulated_worker(job, i) for i in range(job.num_owners)}
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_worker(job_json: str, owner: str, folder: str) -> OwnerWorker:
+    job = JobConfig.from_mapping(json.loads(job_json))
+    torch.set_num_threads(job.threads)
+    backbone = backbone_for(job)
+    classes = job.class_names
+    if not classes:
+        raise LmeraserError("the job names no classes; a deployed job must set classes (for example "
+                            "classes=\"0,1,2,3,4,5,6,7,8,9\") so that every owner indexes labels alike")
+    data = load_image_folder(folder, backbone.input_size, classes=classes, allow_missing=True)
+    return OwnerWorker(owner, data, backbone, job)
+
+
+def folder_worker(job: JobConfig, owner: str, data_dir: str | Path) -> OwnerWorker:
+    """Return the worker of a deployed owner whose training images are the ImageFolder tree
+    ``data_dir`` (or its ``train/`` sub-folder when there is one), cached per process."""
+    folder = Path(data_dir).expanduser()
+    if (folder / "train").is_dir():
+        folder = folder / "train"
+    return _folder_worker(_data_key(job), owner, str(folder.resolve()))

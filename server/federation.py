@@ -18,7 +18,8 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -42,6 +43,21 @@ STRATEGIES = ("routed", "global", "random")
 
 class OwnerTaskError(LmeraserError):
     """An owner replied with an error instead of a result."""
+
+
+class TrainingCheckpoint(Protocol):
+    """Durable record of a training run's last completed round."""
+
+    def load(self, keys: list[str], ledger: MembershipLedger
+             ) -> tuple[int, dict[str, dict[str, np.ndarray]], int, dict[str, int]] | None:
+        """Return ``(rounds done, parameters, sample-epochs, dropped owners' completed rounds)``
+        saved for this run of ``keys`` and ``ledger``, or None to start from the beginning."""
+        ...
+
+    def save(self, rounds_done: int, parameters: dict[str, dict[str, np.ndarray]], sample_epochs: int,
+             dropped: dict[str, int]) -> None:
+        """Persist the state after ``rounds_done`` rounds."""
+        ...
 
 
 @dataclasses.dataclass
@@ -106,6 +122,14 @@ class Federation:
         Class names of the task.
     progress : bool, default True
         Show progress bars for training rounds.
+
+    Attributes
+    ----------
+    checkpoint : TrainingCheckpoint or None
+        Saves each training round and restores the last one saved, so that a restarted job
+        resumes where it stopped.
+    on_round : callable or None
+        Called as ``on_round(description, rounds_done, rounds_total)`` after every round.
     """
 
     def __init__(self, transport: Transport, job: JobConfig, backbone: Backbone, classes: list[str],
@@ -116,6 +140,8 @@ class Federation:
         self.classes = list(classes)
         self.progress = progress
         self.contacted: set[str] = set()
+        self.checkpoint: TrainingCheckpoint | None = None
+        self.on_round: Callable[[str, int, int], None] | None = None
 
     # ------------------------------------------------------------------ messaging
 
@@ -123,11 +149,11 @@ class Federation:
         return {"seed": self.job.seed, "backbone-sha256": self.backbone.sha256,
                 "num-classes": len(self.classes), **extra}
 
-    def _send(self, tasks: dict[str, Task]) -> dict[str, Reply]:
+    def _send(self, tasks: dict[str, Task], allow_missing: bool = False) -> dict[str, Reply]:
         self.contacted.update(tasks)
         replies = self.transport.send(tasks)
         missing = sorted(set(tasks) - set(replies))
-        if missing:
+        if missing and not allow_missing:
             raise OwnerTaskError(f"no reply from owners {missing} to task {next(iter(tasks.values())).kind}")
         errors = {owner: reply.error for owner, reply in replies.items() if reply.error}
         if errors:
@@ -208,44 +234,79 @@ class Federation:
         features, then ``rounds`` rounds of prompt and head. Returns the parameters per key and
         the samples x epochs spent in backbone passes (warm-up epochs run on cached features
         and are not counted).
+
+        With ``round-timeout`` set, an owner that does not reply in time sits out the remaining
+        rounds and ``ledger`` records how many it completed. An owner the ledger already marks
+        that way takes part in exactly that many rounds again, so retraining replays the run.
+        With a :attr:`checkpoint`, training resumes after the last saved round.
         """
         num_classes = len(self.classes)
-        parameters = {key: initial_parameters(self.backbone, num_classes, self.job.prompt_width, self.job.seed, key)
-                      for key in keys}
         owners = sorted({owner for key in keys for owner in ledger.members(key)})
         member_of = {owner: [key for key in keys if owner in ledger.members(key)] for owner in owners}
         routing_config = {owner: self._routing_config(owner, routing) for owner in owners}
-        sample_epochs = 0
-
         schedule = ([(protocol.WARMUP_PHASE, r) for r in range(self.job.warmup_rounds)]
                     + [(protocol.PROMPT_PHASE, r) for r in range(self.job.rounds)])
-        for phase, round_number in tqdm(schedule, desc=description, unit="round", disable=not self.progress,
-                                        leave=False):
+        limit = {owner: len(schedule) for owner in owners}
+        for owner in owners:
+            if ledger.rounds_completed(owner) >= 0:
+                limit[owner] = ledger.rounds_completed(owner)
+
+        first_step, sample_epochs = 0, 0
+        restored = self.checkpoint.load(keys, ledger) if self.checkpoint is not None else None
+        if restored is not None:
+            first_step, parameters, sample_epochs, dropped = restored
+            for owner, completed in dropped.items():
+                limit[owner] = completed
+                ledger.mark_dropped(owner, completed, member_of.get(owner, []))
+            logger.info("%s resumes at round %d of %d from its checkpoint", description, first_step + 1, len(schedule))
+        else:
+            parameters = {key: initial_parameters(self.backbone, num_classes, self.job.prompt_width, self.job.seed, key)
+                          for key in keys}
+
+        for step in tqdm(range(first_step, len(schedule)), desc=description, unit="round", disable=not self.progress,
+                         leave=False):
+            phase, round_number = schedule[step]
+            participants = [owner for owner in owners if step < limit[owner]]
             tasks = {}
-            for owner in owners:
+            for owner in participants:
                 arrays = {protocol.cluster_array_name(key, name): parameters[key][name]
                           for key in member_of[owner] for name in PARAMETER_NAMES}
                 config = self._config(round=round_number, phase=phase, **routing_config[owner])
                 tasks[owner] = Task(protocol.TRAIN, config, arrays)
-            replies = self._send(tasks)
+            replies = self._send(tasks, allow_missing=self.job.round_timeout > 0)
+            for owner in sorted(set(participants) - set(replies)):
+                logger.warning("owner %s did not reply in round %d of %s; it sits out the remaining rounds",
+                               owner, step + 1, description)
+                limit[owner] = step
+                ledger.mark_dropped(owner, step, member_of[owner])
 
             trained_samples = {owner: json.loads(reply.config["samples"]) for owner, reply in replies.items()}
             for key in keys:
-                parameters[key] = self._aggregate(key, ledger, replies, trained_samples)
+                parameters[key] = self._aggregate(key, ledger, replies, trained_samples, parameters[key])
             if phase == protocol.PROMPT_PHASE:
-                sample_epochs += sum(ledger.samples(key) for key in keys) * self.job.local_epochs
-            logger.info("%s %s round %d: %d clusters, %d owners", description, phase, round_number + 1,
-                        len(keys), len(owners))
+                sample_epochs += sum(ledger.entries[key][owner].samples for key in keys
+                                     for owner in ledger.members(key) if owner in replies) * self.job.local_epochs
+            logger.info("%s %s round %d: %d clusters, %d of %d owners replied", description, phase,
+                        round_number + 1, len(keys), len(replies), len(participants))
+            if self.checkpoint is not None:
+                dropped = {owner: limit[owner] for owner in owners if limit[owner] < len(schedule)}
+                self.checkpoint.save(step + 1, parameters, sample_epochs, dropped)
+            if self.on_round is not None:
+                self.on_round(description, step + 1, len(schedule))
         return parameters, sample_epochs
 
     def _aggregate(self, key: str, ledger: MembershipLedger, replies: dict[str, Reply],
-                   trained_samples: dict[str, dict[str, int]]) -> dict[str, np.ndarray]:
-        """Average members' parameters weighted by samples, summing in sorted owner order.
+                   trained_samples: dict[str, dict[str, int]],
+                   previous: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Average the replying members' parameters weighted by samples, summing in sorted owner order.
 
-        ``trained_samples`` is each owner's reported sample count per cluster; it must match the ledger.
+        ``trained_samples`` is each owner's reported sample count per cluster; it must match the
+        ledger. A cluster none of whose members replied keeps ``previous``.
         """
-        members = ledger.members(key)
-        total = ledger.samples(key)
+        members = [owner for owner in ledger.members(key) if owner in replies]
+        if not members:
+            return previous
+        total = sum(ledger.entries[key][owner].samples for owner in members)
         for owner in members:
             reported = trained_samples[owner][key]
             expected = ledger.entries[key][owner].samples
@@ -282,7 +343,8 @@ class Federation:
             routing_temperature=self.job.routing_temperature,
         )
 
-    def fit(self, owners: list[str], strategy: str = "routed", num_clusters: int = 0) -> tuple[ModelVersion, Cost]:
+    def fit(self, owners: list[str], strategy: str = "routed", num_clusters: int = 0,
+            check: bool = True) -> tuple[ModelVersion, Cost]:
         """Train a model from scratch on ``owners``.
 
         Parameters
@@ -293,13 +355,16 @@ class Federation:
             How clusters are formed (see :meth:`form_clusters`).
         num_clusters : int, default 0
             Groups of the ``random`` strategy.
+        check : bool, default True
+            Check every owner's backbone first; pass False when the caller has just done so.
         """
         started = time.perf_counter()
         self.contacted = set()
         owners = sorted(owners)
         if not owners:
             raise LmeraserError("no owners to train on; the federation needs at least one owner with data")
-        self.check_owners(owners)
+        if check:
+            self.check_owners(owners)
         summaries = self.collect_summaries(owners)
         clusters, routing = self.form_clusters(strategy, summaries, num_clusters)
         ledger = self.assign(routing, owners)

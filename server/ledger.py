@@ -14,6 +14,8 @@ class Contribution:
     samples: int
     digest: str
     labels: tuple[int, ...] = ()
+    rounds: int = -1
+    """Training rounds the owner completed before it stopped replying; -1 means all of them."""
 
 
 @dataclasses.dataclass
@@ -59,10 +61,24 @@ class MembershipLedger:
         """Return whether ``cluster`` has identical members, counts and sample digests in both ledgers."""
         return self.entries.get(cluster) == other.entries.get(cluster)
 
+    def rounds_completed(self, owner: str) -> int:
+        """Return the training rounds ``owner`` completed before it dropped out, or -1 if it never did."""
+        limits = [members[owner].rounds for members in self.entries.values()
+                  if owner in members and members[owner].rounds >= 0]
+        return min(limits) if limits else -1
+
+    def mark_dropped(self, owner: str, rounds: int, clusters: list[str]) -> None:
+        """Record that ``owner`` completed only ``rounds`` training rounds of ``clusters``."""
+        for key in clusters:
+            if owner in self.entries.get(key, {}):
+                self.entries[key][owner] = dataclasses.replace(self.entries[key][owner], rounds=rounds)
+
     def to_json(self) -> dict[str, Any]:
-        """Return a JSON-ready dict ``{cluster: {owner: [samples, digest, labels]}}``, keys sorted."""
+        """Return a JSON-ready dict ``{cluster: {owner: [samples, digest, labels(, rounds)]}}``, keys
+        sorted; ``rounds`` appears only for an owner that dropped out."""
         return {
-            key: {owner: [c.samples, c.digest, list(c.labels)] for owner, c in sorted(members.items())}
+            key: {owner: [c.samples, c.digest, list(c.labels)] + ([c.rounds] if c.rounds >= 0 else [])
+                  for owner, c in sorted(members.items())}
             for key, members in sorted(self.entries.items())
         }
 
@@ -70,7 +86,8 @@ class MembershipLedger:
     def from_json(cls, data: dict[str, Any]) -> MembershipLedger:
         """Inverse of :meth:`to_json`."""
         return cls({
-            key: {owner: Contribution(int(value[0]), str(value[1]), tuple(int(v) for v in value[2]))
+            key: {owner: Contribution(int(value[0]), str(value[1]), tuple(int(v) for v in value[2]),
+                                      int(value[3]) if len(value) > 3 else -1)
                   for owner, value in members.items()}
             for key, members in data.items()
         })

@@ -95,6 +95,13 @@ class JobConfig:
         Folder for model versions, ledgers and results.
     threads : int, default 2
         torch threads per process.
+    classes : str, default ""
+        Comma-separated class names for deployed owners, whose image folders must each hold
+        exactly these class folders. Empty takes the data set's own classes (simulation).
+    round_timeout : float, default 0.0
+        Seconds the server waits for owners' replies in each exchange of a deployment. Owners
+        that have not replied by then sit out the rest of the job, and the ledger records the
+        rounds they completed. 0 waits without limit.
     """
 
     dataset: str = "digits"
@@ -129,6 +136,8 @@ class JobConfig:
     baselines: str = "global,random,probe"
     state_dir: str = "lmeraser-state"
     threads: int = 2
+    classes: str = ""
+    round_timeout: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -155,6 +164,10 @@ class JobConfig:
         for name in ("alpha", "distance_factor", "prompt_lr", "head_lr", "warmup_lr"):
             if not getattr(self, name) > 0:
                 raise LmeraserError(f"invalid {_option(name)}={getattr(self, name)!r}: expected > 0")
+        if not self.round_timeout >= 0:
+            raise LmeraserError(f"invalid round-timeout={self.round_timeout!r}: expected seconds >= 0")
+        if self.classes and len(set(self.class_names)) != len(self.class_names):
+            raise LmeraserError(f"invalid classes={self.classes!r}: class names must be distinct")
         if not self.routing_temperature >= 0:
             raise LmeraserError(f"invalid routing-temperature={self.routing_temperature!r}: expected >= 0")
         for name, upper in (("test_fraction", 1.0), ("max_cluster_fraction", 1.0 + 1e-12)):
@@ -179,6 +192,11 @@ class JobConfig:
     def baseline_names(self) -> list[str]:
         """Baselines to run, in the order given."""
         return [name.strip() for name in self.baselines.split(",") if name.strip()]
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names given by ``classes``, in order (empty when the data set names them)."""
+        return [name.strip() for name in self.classes.split(",") if name.strip()]
 
     def replace(self, **changes: Any) -> JobConfig:
         """Return a copy with ``changes`` applied and validated."""
@@ -205,7 +223,7 @@ class JobConfig:
 
     def training_fingerprint(self) -> str:
         """Hash of every field that changes trained tensors (data, backbone, training)."""
-        ignored = {"revoke", "verify", "baselines", "state_dir"}
+        ignored = {"revoke", "verify", "baselines", "state_dir", "round_timeout"}
         payload = {k: v for k, v in dataclasses.asdict(self).items() if k not in ignored}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

@@ -111,7 +111,8 @@ def _read_image(path: Path, size: int) -> torch.Tensor | None:
     return _resize(torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0), size)[0]
 
 
-def load_image_folder(root: str | Path, size: int, classes: list[str] | None = None) -> ImageSet:
+def load_image_folder(root: str | Path, size: int, classes: list[str] | None = None,
+                      allow_missing: bool = False) -> ImageSet:
     """Load an ImageFolder tree (``root/<class>/<image>``) resized to ``size`` pixels.
 
     Parameters
@@ -122,6 +123,9 @@ def load_image_folder(root: str | Path, size: int, classes: list[str] | None = N
         Side of the square output images, in pixels.
     classes : list of str, optional
         Class names to index labels by (a test tree must use the training tree's list).
+    allow_missing : bool, default False
+        Accept a tree that lacks some of ``classes`` (a deployed owner need not hold every
+        class); a folder not in ``classes`` is still an error.
 
     Raises
     ------
@@ -137,13 +141,21 @@ def load_image_folder(root: str | Path, size: int, classes: list[str] | None = N
     if not found:
         raise DataError(f"image folder {str(root)!r} has no class folders; put each class's images "
                         f"in a sub-folder named after the class")
-    if classes is not None and found != classes:
+    if classes is not None and allow_missing:
+        unknown = [name for name in found if name not in classes]
+        if unknown:
+            raise DataError(f"image folder {str(root)!r} has class folders {unknown} that are not among the "
+                            f"federation's classes {classes}; remove them or add them to the job's classes")
+    elif classes is not None and found != classes:
         raise DataError(f"image folder {str(root)!r} has classes {found} but the training data has "
                         f"{classes}; both trees must hold the same class folders")
-    classes = found
+    else:
+        classes = found
 
     images, labels, sample_ids, skipped = [], [], [], []
     for label, name in enumerate(classes):
+        if name not in found:
+            continue
         files = sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith("."))
         readable = 0
         for path in files:
