@@ -3,7 +3,8 @@
 In simulation each virtual SuperNode is an owner whose images are partition ``partition-id``
 of the job's data set, rebuilt from the job configuration that every task carries. A deployed
 SuperNode names its owner and image folder in its node config:
-``--node-config 'owner-id="hospital-a" data-dir="/data/images"'``.
+``--node-config 'owner-id="hospital-a" data-dir="/data/images"'``, and optionally
+``backbone-checkpoint="/weights/backbone.pth"`` for its own copy of the backbone weights.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def worker_for(job: JobConfig, context: Context) -> OwnerWorker:
         if missing:
             raise LmeraserError(f"this node's config lacks {missing}; start the SuperNode with "
                                 f"--node-config 'owner-id=\"NAME\" data-dir=\"/path/to/images\"'")
-        return folder_worker(job, str(node_config["owner-id"]), str(node_config["data-dir"]))
+        return folder_worker(job, str(node_config["owner-id"]), str(node_config["data-dir"]),
+                             str(node_config.get("backbone-checkpoint", "")))
     if "partition-id" not in node_config:
         raise LmeraserError("this node has no 'partition-id' in its node config; simulated owners need one "
                             "(Flower's Simulation Engine sets it), deployed owners need owner-id and data-dir")

@@ -78,9 +78,15 @@ def _folder_worker(job_json: str, owner: str, folder: str) -> OwnerWorker:
     return OwnerWorker(owner, data, backbone, job)
 
 
-def folder_worker(job: JobConfig, owner: str, data_dir: str | Path) -> OwnerWorker:
+def folder_worker(job: JobConfig, owner: str, data_dir: str | Path, checkpoint: str = "") -> OwnerWorker:
     """Return the worker of a deployed owner whose training images are the ImageFolder tree
-    ``data_dir`` (or its ``train/`` sub-folder when there is one), cached per process."""
+    ``data_dir`` (or its ``train/`` sub-folder when there is one), cached per process.
+
+    ``checkpoint`` loads the owner's own copy of the backbone weights instead of the job's; the
+    server rejects the owner unless both hash alike.
+    """
+    if checkpoint:
+        job = job.replace(checkpoint=checkpoint)
     folder = Path(data_dir).expanduser()
     if (folder / "train").is_dir():
         folder = folder / "train"

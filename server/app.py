@@ -2,7 +2,8 @@
 
 Under ``flwr run .`` the job configuration is the app's run config (pyproject.toml's
 ``[tool.flwr.app.config]``, overridable with ``--run-config``); ``lmeraser simulate`` builds the
-app with :func:`make_server_app` instead.
+app with :func:`make_server_app` instead. In a deployed federation the job launcher sets
+``job-id`` and ``state-dir``, and the app runs that job of the state database.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from .job import run_job
 
 configure_offline_environment()
 logger = logging.getLogger(__name__)
+
+JOB_ID_KEY = "job-id"
 
 
 class GridTransport:
@@ -108,6 +111,13 @@ def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         settings = {**dict(context.run_config), **dict(overrides or {})}
+        job_id = int(settings.pop(JOB_ID_KEY, 0) or 0)
+        if job_id:
+            # A deployed federation's job, queued in the state database by the control service.
+            from .deployment import run_state_job
+
+            run_state_job(grid, settings["state-dir"], job_id)
+            return
         job = JobConfig.from_mapping(settings)
         logger.info("lmeraser job starting: %s", job.to_mapping())
         run_job(job, GridTransport(grid, job, min_nodes=job.num_owners))

@@ -1,4 +1,5 @@
-"""Command line: ``lmeraser simulate``, ``lmeraser revoke``, ``lmeraser predict``."""
+"""Command line: ``lmeraser simulate``, ``lmeraser revoke`` and ``lmeraser predict``, plus the
+deployment's ``server``, ``owner``, ``audit`` and ``data`` commands."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from ..client.cli import add_owner_commands
 from ..shared.config import JobConfig
 from ..shared.environment import configure_offline_environment, ensure_allocator_tunables
 from ..shared.errors import LmeraserError
+from .cli_server import add_server_commands
 
 logger = logging.getLogger("lmeraser")
 
@@ -80,11 +83,19 @@ def _current_model(state_dir: Path):
     from .job import CURRENT_FILE
     from .model import ModelStore
 
+    from .state import DATABASE_FILE, StateDB
+
     current = state_dir / CURRENT_FILE
-    if not current.exists():
+    if (state_dir / DATABASE_FILE).exists():
+        version = StateDB(state_dir).current_version()  # a deployed server publishes in its database
+        if not version:
+            raise LmeraserError(f"the server in {str(state_dir)!r} has not published a model yet; train with "
+                                f"'lmeraser server train --state-dir {state_dir}'")
+    elif current.exists():
+        version = current.read_text().strip()
+    else:
         raise LmeraserError(f"no trained model in state directory {str(state_dir)!r}; run 'lmeraser simulate "
                             f"--state-dir {state_dir}' first")
-    version = current.read_text().strip()
     return version, ModelStore(state_dir).load(version)
 
 
@@ -115,35 +126,81 @@ def command_revoke(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def command_predict(arguments: argparse.Namespace) -> int:
-    """Predict the class of each image with a stored model version."""
-    import numpy as np
+def _revoked_owners(state: Path) -> set[str]:
+    """Owners revoked in a state directory: by a deployed server's database, or by the current
+    model of a simulation."""
+    from .state import DATABASE_FILE, StateDB
+
+    revoked: set[str] = set()
+    if (state / DATABASE_FILE).exists():
+        revoked |= {owner.owner for owner in StateDB(state).owners(status="revoked")}
+    else:
+        revoked |= set(_current_model(state)[1].revoked)
+    return revoked
+
+
+def _read_images(paths: list[str], size: int):
     import torch
 
-    from ..shared.backbone import load_backbone
     from ..shared.data import _read_image
-    from .evaluation import predict
-    from .model import ModelStore
 
+    images = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise LmeraserError(f"image {path!r} not found; pass the path of an existing image file")
+        image = _read_image(Path(path), size)
+        if image is None:
+            raise LmeraserError(f"cannot read image {path!r}; pass a JPEG, PNG or other image file")
+        images.append(image)
+    return torch.stack(images)
+
+
+def _predict_remote(arguments: argparse.Namespace) -> int:
+    from ..client.control_client import ControlClient
+
+    for path in arguments.images:
+        if not Path(path).is_file():
+            raise LmeraserError(f"image {path!r} not found; pass the path of an existing image file")
+    with ControlClient(arguments.server, Path(arguments.ca)) as client:
+        reply = client.predict([Path(path).read_bytes() for path in arguments.images], model=arguments.model)
+    for path, result in zip(arguments.images, reply["predictions"]):
+        label = result["class"] if not result["withdrawn"] else "WITHDRAWN"
+        print(f"{path}\t{label}\tcluster {result['cluster'][:12] or '-'}\t{result['message']}".rstrip())
+    return 0
+
+
+def command_predict(arguments: argparse.Namespace) -> int:
+    """Predict the class of each image with a stored model version, never using a cluster that a
+    revoked owner contributed to."""
+    from ..shared.backbone import load_backbone
+    from .evaluation import predict_serving
+    from .model import ModelStore
+    from .settings import SETTINGS_FILE
+
+    if arguments.server:
+        if not arguments.ca:
+            raise LmeraserError("--server needs --ca, the CA certificate of the server's TLS certificate")
+        return _predict_remote(arguments)
     state = Path(arguments.state_dir)
     if arguments.model:
         version, model = arguments.model, ModelStore(state).load(arguments.model)
     else:
         version, model = _current_model(state)
-    job = json.loads((state / "job.json").read_text())
+    if (state / SETTINGS_FILE).exists():
+        job = json.loads((state / SETTINGS_FILE).read_text())["job"]
+    else:
+        job = json.loads((state / "job.json").read_text())
     backbone = load_backbone(model.backbone, job.get("checkpoint", ""), model.input_size, job.get("mean", ""),
                              job.get("std", ""))
-    images = []
-    for path in arguments.images:
-        if not Path(path).is_file():
-            raise LmeraserError(f"image {path!r} not found; pass the path of an existing image file")
-        image = _read_image(Path(path), model.input_size)
-        if image is None:
-            raise LmeraserError(f"cannot read image {path!r}; pass a JPEG, PNG or other image file")
-        images.append(image)
-    prediction = predict(model, backbone, torch.stack(images))
-    for path, label, cluster in zip(arguments.images, np.asarray(prediction.labels), prediction.clusters):
-        print(f"{path}\t{model.classes[int(label)]}\tcluster {cluster[:12] or '-'}")
+    revoked = _revoked_owners(state)
+    withdrawn = {key for key, members in model.ledger.entries.items() if revoked & set(members)}
+    predictions = predict_serving(model, backbone, _read_images(arguments.images, model.input_size), withdrawn)
+    for path, prediction in zip(arguments.images, predictions):
+        if prediction.withdrawn:
+            print(f"{path}\tWITHDRAWN\tcluster {prediction.cluster[:12]}\ta revoked owner trained this cluster; "
+                  f"use the model version published after its unlearning")
+        else:
+            print(f"{path}\t{model.classes[prediction.label]}\tcluster {prediction.cluster[:12] or '-'}")
     return 0
 
 
@@ -170,7 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--state-dir", default="lmeraser-state", help="state directory (default: lmeraser-state)")
     predict.add_argument("--model", default="", help="model version id or prefix (default: the current one)")
+    predict.add_argument("--server", default="", help="ask a deployed server's control service (host:port) "
+                                                      "instead of reading --state-dir")
+    predict.add_argument("--ca", default="", help="CA certificate of the control service's TLS certificate")
     predict.set_defaults(handler=command_predict)
+
+    add_server_commands(commands)
+    add_owner_commands(commands)
     return parser
 
 

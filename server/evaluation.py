@@ -119,3 +119,46 @@ def evaluate(model: ModelVersion, backbone: Backbone, test: ImageSet,
         })
     report["label_coverage"] = covered_total / max(len(test), 1)
     return report
+
+
+@dataclasses.dataclass
+class ServedPrediction:
+    """A prediction for one input, or the cluster that cannot serve it while it is withdrawn."""
+
+    label: int | None
+    cluster: str
+    withdrawn: bool
+
+
+def predict_serving(model: ModelVersion, backbone: Backbone, images: torch.Tensor, withdrawn: set[str],
+                    temperature: float | None = None) -> list[ServedPrediction]:
+    """Predict like :func:`predict`, without using any cluster in ``withdrawn``.
+
+    An input whose nearest prototype is withdrawn gets no label. Other inputs mix only the
+    clusters that are not withdrawn, so no withdrawn prompt or head touches any answer.
+    """
+    if model.prediction == ENSEMBLE or not withdrawn:
+        prediction = predict(model, backbone, images, temperature=temperature)
+        return [ServedPrediction(int(label), cluster, False)
+                for label, cluster in zip(prediction.labels, prediction.clusters)]
+
+    served = model.served_clusters
+    features = backbone.embed_images(images)
+    if temperature is None:
+        temperature = model.routing_temperature
+    weights = routing_weights(features, np.stack([c.prototype for c in served]), temperature)
+    nearest = weights.argmax(1)
+    blocked = np.array([cluster.key in withdrawn for cluster in served])
+    weights[:, blocked] = 0.0
+    serving = ~blocked[nearest]
+    weights[serving] /= weights[serving].sum(1, keepdims=True)
+
+    mixture = np.zeros((len(images), len(model.classes)))
+    for index, cluster in enumerate(served):
+        routed = np.flatnonzero(weights[:, index] > 0)
+        if len(routed):
+            logits = predict_logits(backbone, model.parameters[cluster.key], images[torch.from_numpy(routed)],
+                                    len(model.classes), model.prompt_width)
+            mixture[routed] += weights[routed, index, None] * torch.softmax(logits, 1).numpy()
+    return [ServedPrediction(int(mixture[i].argmax()) if serving[i] else None, served[nearest[i]].key, not serving[i])
+            for i in range(len(images))]

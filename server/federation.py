@@ -240,6 +240,8 @@ class Federation:
         that way takes part in exactly that many rounds again, so retraining replays the run.
         With a :attr:`checkpoint`, training resumes after the last saved round.
         """
+        if not keys:
+            return {}, 0
         num_classes = len(self.classes)
         owners = sorted({owner for key in keys for owner in ledger.members(key)})
         member_of = {owner: [key for key in keys if owner in ledger.members(key)] for owner in owners}
@@ -430,6 +432,11 @@ class Federation:
             for key, members in fresh.entries.items():
                 for member, contribution in members.items():
                     ledger.record(key, member, contribution)
+        # An owner that dropped out of the original training takes part in as many rounds again.
+        for member in remaining:
+            completed = model.ledger.rounds_completed(member)
+            if completed >= 0:
+                ledger.mark_dropped(member, completed, ledger.clusters_of(member))
 
         keys = [cluster.key for cluster in clusters if ledger.members(cluster.key)]
         kept = [k for k in keys if k in model.parameters and ledger.same_membership(k, model.ledger)]

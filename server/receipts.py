@@ -24,7 +24,7 @@ from lmeraser.shared.identity import canonical_json, fingerprint, sign_payload, 
 logger = logging.getLogger(__name__)
 
 _REQUEST_HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
-_MODEL_VERSION_PATTERN = re.compile(r"[0-9a-f]+")
+_MODEL_VERSION_PATTERN = re.compile(r"[0-9a-f]*")  # empty: no model existed
 _FINGERPRINT_PATTERN = re.compile(r"sha256:[0-9a-f]{16}")
 
 

@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS owners (
     owner TEXT PRIMARY KEY,
     public_key TEXT NOT NULL UNIQUE,
     node_name TEXT NOT NULL UNIQUE,
+    node_id TEXT NOT NULL DEFAULT '',
+    node_unregistered INTEGER NOT NULL DEFAULT 0,
     enrolled_at REAL NOT NULL,
     status TEXT NOT NULL DEFAULT 'active',
     revoked_at REAL
@@ -95,6 +97,8 @@ class Owner:
     owner: str
     public_key: str
     node_name: str
+    node_id: str
+    node_unregistered: int
     enrolled_at: float
     status: str
     revoked_at: float | None
@@ -228,14 +232,19 @@ class StateDB:
         rows = self._query("SELECT * FROM owners WHERE public_key = ? OR node_name = ?", (public_key, node_name))
         return Owner(**dict(rows[0])) if rows else None
 
-    def add_owner(self, owner: str, public_key: str, node_name: str, enrolled_at: float) -> None:
+    def add_owner(self, owner: str, public_key: str, node_name: str, node_id: str, enrolled_at: float) -> None:
         """Enrol an owner and audit it, in one transaction."""
         with self.transaction() as connection:
-            connection.execute("INSERT INTO owners (owner, public_key, node_name, enrolled_at) VALUES (?, ?, ?, ?)",
-                               (owner, public_key, node_name, enrolled_at))
-            self.audit.append("enrolment", {"owner": owner, "public_key": public_key, "node_name": node_name},
-                              recorded_at=enrolled_at)
-        logger.info("owner %s enrolled with node %s", owner, node_name)
+            connection.execute("INSERT INTO owners (owner, public_key, node_name, node_id, enrolled_at) "
+                               "VALUES (?, ?, ?, ?, ?)", (owner, public_key, node_name, node_id, enrolled_at))
+            self.audit.append("enrolment", {"owner": owner, "public_key": public_key, "node_name": node_name,
+                                            "node_id": node_id}, recorded_at=enrolled_at)
+        logger.info("owner %s enrolled with node %s (id %s)", owner, node_name, node_id)
+
+    def mark_unregistered(self, owner: str) -> None:
+        """Record that ``owner``'s node was removed from the SuperLink."""
+        with self.transaction() as connection:
+            connection.execute("UPDATE owners SET node_unregistered = 1 WHERE owner = ?", (owner,))
 
     # ------------------------------------------------------------------ jobs
 
