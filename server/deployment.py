@@ -176,7 +176,7 @@ class DeployedTransport(GridTransport):
             if not waiting or time.monotonic() > deadline:
                 break
             time.sleep(2.0)
-        missing = sorted(set(owners) - set(present))
+        missing = sorted(set(owners) - set(present) - set(self.rejected))
         if missing:
             logger.warning("owners %s did not connect within %.0f s", missing, timeout)
         return present

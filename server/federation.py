@@ -74,12 +74,15 @@ class Cost:
         Sum over trained clusters and members of routed samples x local epochs x rounds.
     wall_seconds : float
         Wall-clock time of the run.
+    round_seconds : list of float
+        Wall-clock time of each training round (sending the tasks to aggregating the replies).
     """
 
     clusters_trained: int = 0
     owners_contacted: int = 0
     sample_epochs: int = 0
     wall_seconds: float = 0.0
+    round_seconds: list[float] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """Return the fields as a dict."""
@@ -140,6 +143,7 @@ class Federation:
         self.classes = list(classes)
         self.progress = progress
         self.contacted: set[str] = set()
+        self.round_seconds: list[float] = []
         self.checkpoint: TrainingCheckpoint | None = None
         self.on_round: Callable[[str, int, int], None] | None = None
 
@@ -268,6 +272,7 @@ class Federation:
         for step in tqdm(range(first_step, len(schedule)), desc=description, unit="round", disable=not self.progress,
                          leave=False):
             phase, round_number = schedule[step]
+            round_started = time.perf_counter()
             participants = [owner for owner in owners if step < limit[owner]]
             tasks = {}
             for owner in participants:
@@ -288,6 +293,7 @@ class Federation:
             if phase == protocol.PROMPT_PHASE:
                 sample_epochs += sum(ledger.entries[key][owner].samples for key in keys
                                      for owner in ledger.members(key) if owner in replies) * self.job.local_epochs
+            self.round_seconds.append(time.perf_counter() - round_started)
             logger.info("%s %s round %d: %d clusters, %d of %d owners replied", description, phase,
                         round_number + 1, len(keys), len(replies), len(participants))
             if self.checkpoint is not None:
@@ -362,6 +368,7 @@ class Federation:
         """
         started = time.perf_counter()
         self.contacted = set()
+        self.round_seconds = []
         owners = sorted(owners)
         if not owners:
             raise LmeraserError("no owners to train on; the federation needs at least one owner with data")
@@ -374,8 +381,8 @@ class Federation:
         keys = [cluster.key for cluster in clusters if ledger.members(cluster.key)]
         parameters, sample_epochs = self.train(keys, routing, ledger, description=f"{strategy} training")
         model = self._model(strategy, summaries, clusters, routing, ledger, parameters, [], "")
-        cost = Cost(len(keys), len(self.contacted), sample_epochs,
-                    time.perf_counter() - started)
+        cost = Cost(len(keys), len(self.contacted), sample_epochs, time.perf_counter() - started,
+                    list(self.round_seconds))
         logger.info("%s model trained: %d clusters, %d owners, %d sample-epochs, %.1fs", strategy, len(keys),
                     len(owners), cost.sample_epochs, cost.wall_seconds)
         return model, cost
@@ -416,6 +423,7 @@ class Federation:
 
         started = time.perf_counter()
         self.contacted = set()
+        self.round_seconds = []
         summaries = [item for item in model.summaries if item.owner != owner]
         remaining = sorted({item.owner for item in summaries})
         clusters, routing = self.form_clusters(model.strategy, summaries, len(model.served_clusters))
@@ -456,7 +464,8 @@ class Federation:
             updated = self._model(model.strategy, summaries, clusters, routing, ledger, parameters,
                                   model.revoked + [owner], parent)
 
-        cost = Cost(len(retrain), len(self.contacted), sample_epochs, time.perf_counter() - started)
+        cost = Cost(len(retrain), len(self.contacted), sample_epochs, time.perf_counter() - started,
+                    list(self.round_seconds))
         full = Cost(len(keys), len(remaining), self._training_sample_epochs(keys, ledger), full_retrain_seconds)
         report = RevocationReport(owner, False, len(model.served_clusters), len(keys), kept, retrain, dropped, cost, full)
         logger.info("revoked %s: kept %d clusters, retrained %d, dropped %d; %d sample-epochs vs %d for a full "

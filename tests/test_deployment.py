@@ -205,6 +205,28 @@ def test_revocation_gives_verified_receipt_and_exact_model(federation: LocalFede
     assert "chain intact" in audit.stdout
 
 
+def test_second_revocation_returns_first_receipt(federation: LocalFederation) -> None:
+    key = load_private_key(federation.run / "owners" / "owner-001" / "owner.key")
+    first = json.loads((federation.run / "receipt-owner-001.json").read_text())
+    jobs_before = len(federation.state().jobs())
+    with federation.client() as client:
+        reply = client.revoke(RevocationRequest.create("owner-001", key).to_json())
+    assert reply["receipt"] == first
+    assert reply["status"] == "done"
+    assert len(federation.state().jobs()) == jobs_before
+
+
+def test_tampered_receipt_fails_offline_check(federation: LocalFederation) -> None:
+    document = json.loads((federation.run / "receipt-owner-001.json").read_text())
+    document["receipt"]["sample_epochs"] += 1
+    tampered = federation.run / "receipt-tampered.json"
+    tampered.write_text(json.dumps(document))
+    result = federation.lmeraser("owner", "verify-receipt", str(tampered), "--server-key",
+                                 str(federation.state_dir / "server-signing.pub"))
+    assert result.returncode == 2
+    assert "does not verify" in result.stderr
+
+
 def test_revoked_node_cannot_rejoin(federation: LocalFederation) -> None:
     assert federation.state().owner("owner-001").node_unregistered == 1
     federation.call("node", "owner-001")
