@@ -265,6 +265,10 @@ class JobRunner:
 
         if base:
             model = self.store.load(base)
+            if model.config_fingerprint != self.config.training_fingerprint():
+                raise LmeraserError(f"the server's job settings changed since model {base[:12]} was trained, and "
+                                    f"unlearning must use the settings of the training; restore them in "
+                                    f"server.json ('lmeraser server init' with the original --set values)")
             needed = sorted({item.owner for item in model.summaries} - {owner})
             self.transport.require(needed, self.connect_timeout)
             updated, report = self.federation.revoke(model, owner, parent=base)
@@ -301,8 +305,8 @@ def run_state_job(grid, state_dir: str | Path, job_id: int) -> None:
     """
     state_dir = Path(state_dir)
     state = StateDB(state_dir)
-    atomic_write(state_dir / "serverapp.pid", str(os.getpid()).encode())
     with job_lock(state_dir):
+        atomic_write(state_dir / "serverapp.pid", str(os.getpid()).encode())
         job = state.job(job_id)
         if job.status in (DONE, FAILED):
             logger.info("job %d is already %s; nothing to do", job_id, job.status)
