@@ -3,8 +3,11 @@
 Starts a local federation with ``deploy/federation.py`` (SuperLink with TLS and SuperNode
 authentication, the lmeraser server, one SuperNode per owner on 127.0.0.1), trains, revokes one
 owner through the control service and waits for the receipt. Then it runs the same job (the same
-digits partition, seed and settings) on Flower's Simulation Engine and compares the round times
-and the trained tensors. Run it alone: two torch processes on 2 cores slow each other down.
+digits partition, seed and settings) on Flower's Simulation Engine and compares the round times.
+The tensors differ between the two: the owners' folders list images in another order than the
+simulated partitions, which moves the k-means summaries (tests/test_deployment.py checks the
+deployment against an in-process run over the same folders instead). Run it alone: two torch
+processes on 2 cores slow each other down.
 
 Usage::
 
@@ -23,8 +26,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -81,17 +82,6 @@ def simulation(owners: int, state_dir: Path) -> dict:
             "version": results["models"]["routed"]["version"]}
 
 
-def same_tensors(deployed_dir: Path, deployed: str, simulated_dir: Path, simulated: str) -> bool:
-    """Return whether both models have the same prototypes, prompts and heads (sample ids differ)."""
-    from lmeraser.server.model import ModelStore
-
-    first, second = ModelStore(deployed_dir).load(deployed), ModelStore(simulated_dir).load(simulated)
-    if sorted(first.parameters) != sorted(second.parameters):
-        return False
-    return all(np.array_equal(first.parameters[key][name], second.parameters[key][name])
-               for key in first.parameters for name in first.parameters[key])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--owners", type=int, default=3, help="owners (default: %(default)s)")
@@ -103,14 +93,11 @@ def main() -> int:
         scratch = Path(scratch)
         deployed = deployment(scratch / "run", arguments.owners, arguments.revoke)
         simulated = simulation(arguments.owners, scratch / "simulation")
-        equal = same_tensors(scratch / "run" / "server", deployed["train_version"], scratch / "simulation",
-                             simulated["version"])
 
     deployed_round = statistics.median(deployed["train_rounds"])
     simulated_round = statistics.median(simulated["train_rounds"])
     report = {"settings": SETTINGS, "owners": arguments.owners, "deployment": deployed, "simulation": simulated,
-              "median_round_seconds": {"deployment": deployed_round, "simulation": simulated_round},
-              "same_tensors": equal}
+              "median_round_seconds": {"deployment": deployed_round, "simulation": simulated_round}}
     arguments.out.mkdir(parents=True, exist_ok=True)
     (arguments.out / "deployment.json").write_text(json.dumps(report, indent=1))
 
@@ -121,7 +108,6 @@ def main() -> int:
     print(f"revoke request -> verified receipt of the published model: {deployed['revoke_to_publish_seconds']:.1f} s "
           f"({len(deployed['unlearning_rounds'])} rounds, median "
           f"{statistics.median(deployed['unlearning_rounds'] or [0.0]):.2f} s)")
-    print(f"deployed and simulated models have the same tensors: {'yes' if equal else 'no'}")
     return 0
 
 

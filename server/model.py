@@ -12,14 +12,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..shared.errors import LmeraserError
+from ..shared.files import atomic_write
 from ..shared.prompt import PARAMETER_NAMES
 from .clustering import Cluster, SummaryItem, make_cluster
 from .ledger import MembershipLedger
@@ -119,26 +118,6 @@ def version_id(model: ModelVersion) -> str:
     digest = hashlib.sha256(_tensor_bytes(model.tensors()))
     digest.update(json.dumps(model.manifest(), sort_keys=True).encode())
     return digest.hexdigest()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 class ModelStore:

@@ -19,10 +19,8 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from lmeraser.shared.errors import IdentityError
+from .errors import IdentityError
+from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -94,40 +93,6 @@ def validate_name(value: object, label: str) -> str:
 # ----------------------------------------------------------------------------- key files
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` with permissions ``mode`` so that readers see the old file or the new one.
-
-    The bytes go to a temporary file in the same folder, which is flushed to disk and then
-    renamed over ``path``.
-    """
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Flush the folder entry of a renamed file to disk, where the platform allows it."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
 def public_key_path(path: Path) -> Path:
     """Return the public key file that belongs to the private key file ``path`` (suffix ``.pub``)."""
     return Path(path).with_suffix(PUBLIC_KEY_SUFFIX)
@@ -165,8 +130,8 @@ def generate_key(path: Path, force: bool = False) -> Ed25519PrivateKey:
                                                format=serialization.PublicFormat.SubjectPublicKeyInfo)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, private_pem, 0o600)
-    _write_atomically(public_path, public_pem, 0o644)
+    atomic_write(path, private_pem, 0o600)
+    atomic_write(public_path, public_pem, 0o644)
     logger.info("wrote Ed25519 key %s to %s and %s", fingerprint(key.public_key()), path, public_path)
     return key
 
