@@ -78,7 +78,8 @@ def _verify_and_save(document: dict, arguments: argparse.Namespace, owner: str, 
     receipt = verify_receipt(load_public_key(Path(arguments.server_key)), document, owner=owner,
                              request_hash=request_hash or None)
     print(f"receipt verified with server key {receipt.server_key}: retrained {len(receipt.clusters_retrained)} "
-          f"clusters, contacted {len(receipt.owners_contacted)} owners, {receipt.sample_epochs} samples x epochs, "
+          f"clusters, dropped {len(receipt.clusters_dropped)} (no member left), "
+          f"contacted {len(receipt.owners_contacted)} owners, {receipt.sample_epochs} samples x epochs, "
           f"model {receipt.old_model[:12] or '-'} -> {receipt.new_model[:12] or '-'}")
     if arguments.out:
         Path(arguments.out).write_text(json.dumps(document, indent=1, sort_keys=True))
@@ -95,8 +96,9 @@ def command_revoke(arguments: argparse.Namespace) -> int:
     request = RevocationRequest.create(arguments.owner, load_private_key(Path(arguments.key)))
     with _client(arguments) as client:
         reply = client.revoke(request.to_json())
-        print(f"revocation of {arguments.owner} {reply['status']}: request {reply['request_hash']}, "
-              f"{len(reply['withdrawn_clusters'])} clusters withdrawn from serving until retrained")
+        withdrawn = len(reply["withdrawn_clusters"])
+        print(f"revocation of {arguments.owner} {reply['status']}: request {reply['request_hash']}; "
+              f"{withdrawn} cluster{'s' if withdrawn != 1 else ''} withdrawn from serving at acceptance")
         if not arguments.wait:
             return 0
         deadline = time.monotonic() + arguments.wait_timeout
@@ -118,8 +120,12 @@ def command_status(arguments: argparse.Namespace) -> int:
     with _client(arguments) as client:
         status = client.status(owner=arguments.owner)
     progress = status["progress"]
-    print(f"revocation of {status['owner']}: {status['status']}, {progress['phase'] or '-'} "
-          f"{progress['done']}/{progress['total']} rounds" + (f", error: {status['error']}" if status["error"] else ""))
+    line = f"revocation of {status['owner']}: {status['status']}"
+    if progress["total"]:
+        line += f", {progress['phase']} {progress['done']}/{progress['total']} rounds"
+    if status["error"]:
+        line += f", last error: {status['error']}"
+    print(line)
     return 0
 
 
@@ -137,7 +143,12 @@ def command_verify_receipt(arguments: argparse.Namespace) -> int:
     if not path.is_file():
         raise LmeraserError(f"receipt file {str(path)!r} not found; save one with 'lmeraser owner receipt --out'")
     arguments.out = ""
-    _verify_and_save(json.loads(path.read_text()), arguments, arguments.owner or None)
+    try:
+        document = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise LmeraserError(f"receipt file {str(path)!r} is not valid JSON ({error}); pass the file saved by "
+                            f"'lmeraser owner receipt --out'") from None
+    _verify_and_save(document, arguments, arguments.owner or None)
     return 0
 
 

@@ -61,6 +61,15 @@ class Layout:
         return {"control_api": base, "fleet": base + 1, "server": base + 2, "first_node": base + 10}
 
 
+def _in_use(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _planned_ports(base: int, owners: int) -> list[int]:
+    return [base, base + 1, base + 2] + [base + 10 + index for index in range(owners)]
+
+
 def _wait_port(port: int, name: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -171,6 +180,10 @@ def command_start(arguments: argparse.Namespace) -> int:
     layout = Layout(Path(arguments.run))
     if layout.config_path.exists():
         raise SystemExit(f"error: {layout.run} already holds a federation; stop it and choose a new --run folder")
+    busy = [port for port in _planned_ports(arguments.base_port, arguments.owners) if _in_use(port)]
+    if busy:
+        raise SystemExit(f"error: ports {busy} on 127.0.0.1 are in use (another federation?); stop it or pass "
+                         f"--base-port with a free range")
     layout.run.mkdir(parents=True, exist_ok=True)
 
     data = Path(arguments.data).resolve() if arguments.data else layout.run / "data"
@@ -226,18 +239,23 @@ def command_stop(arguments: argparse.Namespace) -> int:
     # The SuperLink starts each job's ServerApp itself; stop one left behind by a killed SuperLink.
     serverapp = layout.server / "serverapp.pid"
     if serverapp.exists():
-        try:
-            os.kill(int(serverapp.read_text()), signal.SIGTERM)
-        except (ProcessLookupError, ValueError):
-            pass
+        pid = serverapp.read_text().strip()
+        command = Path(f"/proc/{pid}/cmdline")
+        # Signal the PID only while it still is a ServerApp: a PID can be reused once its process ends.
+        if pid.isdigit() and command.exists() and b"flwr-serverapp" in command.read_bytes():
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
     print(f"stopped {', '.join(order) or 'nothing'}")
     return 0
 
 
 def command_train(arguments: argparse.Namespace) -> int:
     layout = Layout(Path(arguments.run))
-    print(_lmeraser("server", "train", "--state-dir", str(layout.server), "--wait"))
-    return 0
+    # Inherit the terminal, so that the progress lines appear as the rounds finish.
+    return subprocess.run([str(BIN / "lmeraser"), "server", "train", "--state-dir", str(layout.server), "--wait"],
+                          env=_environment()).returncode
 
 
 def command_piece(arguments: argparse.Namespace) -> int:

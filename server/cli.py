@@ -139,6 +139,13 @@ def _revoked_owners(state: Path) -> set[str]:
     return revoked
 
 
+def _check_image_path(path: str) -> None:
+    if Path(path).is_dir():
+        raise LmeraserError(f"{path!r} is a folder; pass its image files, for example {path.rstrip('/')}/*.png")
+    if not Path(path).is_file():
+        raise LmeraserError(f"image {path!r} not found; pass the path of an existing image file")
+
+
 def _read_images(paths: list[str], size: int):
     import torch
 
@@ -146,8 +153,7 @@ def _read_images(paths: list[str], size: int):
 
     images = []
     for path in paths:
-        if not Path(path).is_file():
-            raise LmeraserError(f"image {path!r} not found; pass the path of an existing image file")
+        _check_image_path(path)
         image = _read_image(Path(path), size)
         if image is None:
             raise LmeraserError(f"cannot read image {path!r}; pass a JPEG, PNG or other image file")
@@ -158,9 +164,15 @@ def _read_images(paths: list[str], size: int):
 def _predict_remote(arguments: argparse.Namespace) -> int:
     from ..client.control_client import ControlClient
 
+    from PIL import Image, UnidentifiedImageError
+
     for path in arguments.images:
-        if not Path(path).is_file():
-            raise LmeraserError(f"image {path!r} not found; pass the path of an existing image file")
+        _check_image_path(path)
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise LmeraserError(f"cannot read image {path!r} ({error}); pass a JPEG, PNG or other image file") from None
     with ControlClient(arguments.server, Path(arguments.ca)) as client:
         reply = client.predict([Path(path).read_bytes() for path in arguments.images], model=arguments.model)
     for path, result in zip(arguments.images, reply["predictions"]):

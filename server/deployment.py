@@ -273,18 +273,19 @@ class JobRunner:
             self.transport.require(needed, self.connect_timeout)
             updated, report = self.federation.revoke(model, owner, parent=base)
             version = self.store.save(updated)
-            retrained, contacted = report.retrained, sorted(self.federation.contacted)
+            retrained, contacted, dropped = report.retrained, sorted(self.federation.contacted), report.dropped
             sample_epochs = report.cost.sample_epochs
             report_json = report.to_json()
         else:
-            version, retrained, contacted, sample_epochs, report_json = "", [], [], 0, {}
+            version, retrained, contacted, dropped, sample_epochs, report_json = "", [], [], [], 0, {}
 
         completed_at = time.time()
         signing_key = load_private_key(self.state.state_dir / SIGNING_KEY_FILE)
         receipt = Receipt(owner=owner, request_hash=revocation.request_hash, accepted_at=revocation.accepted_at,
                           completed_at=completed_at, clusters_retrained=tuple(retrained),
                           owners_contacted=tuple(contacted), sample_epochs=sample_epochs, old_model=base,
-                          new_model=version, server_key=fingerprint(signing_key.public_key()))
+                          new_model=version, server_key=fingerprint(signing_key.public_key()),
+                          clusters_dropped=tuple(dropped))
         document = sign_receipt(signing_key, receipt)
         result = {"version": version, "base": base, "revocation": report_json,
                   "seconds": completed_at - started, "receipt": document}

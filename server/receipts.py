@@ -46,6 +46,8 @@ class Receipt:
     old_model: str
     new_model: str
     server_key: str
+    clusters_dropped: tuple[str, ...] = ()
+    """Clusters removed because the revoked owner was their only member (nothing to retrain)."""
 
     def payload(self) -> dict[str, Any]:
         """Return the fields as a JSON-ready dict, with the tuples as lists in their stored order."""
@@ -60,6 +62,7 @@ class Receipt:
             "old_model": self.old_model,
             "new_model": self.new_model,
             "server_key": self.server_key,
+            "clusters_dropped": list(self.clusters_dropped),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -101,7 +104,7 @@ class Receipt:
             if not isinstance(data[name], (int, float)) or isinstance(data[name], bool):
                 raise ReceiptError(f"receipt field {name!r} must be a number of unix seconds, "
                                    f"got {_shorten(data[name])}")
-        for name in ("clusters_retrained", "owners_contacted"):
+        for name in ("clusters_retrained", "owners_contacted", "clusters_dropped"):
             value = data[name]
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise ReceiptError(f"receipt field {name!r} must be a list of strings, got {_shorten(value)}")
@@ -112,7 +115,8 @@ class Receipt:
         return cls(owner=data["owner"], request_hash=data["request_hash"], accepted_at=data["accepted_at"],
                    completed_at=data["completed_at"], clusters_retrained=tuple(data["clusters_retrained"]),
                    owners_contacted=tuple(data["owners_contacted"]), sample_epochs=epochs,
-                   old_model=data["old_model"], new_model=data["new_model"], server_key=data["server_key"])
+                   old_model=data["old_model"], new_model=data["new_model"], server_key=data["server_key"],
+                   clusters_dropped=tuple(data["clusters_dropped"]))
 
 
 def _shorten(value: object, limit: int = 60) -> str:

@@ -113,8 +113,8 @@ class ControlService:
             raise ControlError("invalid", str(error)) from None
         owner = self.state.owner(revocation.owner)
         if owner is None:
-            known = ", ".join(o.owner for o in self.state.owners()) or "none"
-            raise ControlError("not_found", f"unknown owner {revocation.owner!r}; enrolled owners: {known}")
+            raise ControlError("not_found", f"unknown owner {revocation.owner!r}: no owner of that id is enrolled; "
+                                            f"check the owner id")
         key = public_key_from_text(owner.public_key)
         try:
             verify_payload(key, revocation.payload(), revocation.signature)
@@ -181,6 +181,9 @@ class ControlService:
 
     def _find(self, owner: str, request_hash: str):
         record = self.state.revocation(owner=owner, request_hash=request_hash)
+        if record is None and owner and self.state.owner(owner) is not None:
+            raise ControlError("not_found", f"owner {owner!r} is enrolled and active: it has not requested a "
+                                            f"revocation")
         if record is None:
             raise ControlError("not_found", f"no revocation for owner {owner!r}" if owner else
                                f"no revocation with request hash {request_hash!r}")
@@ -252,15 +255,20 @@ class ControlService:
         withdrawn = self.withdrawn_clusters(stored)
         predictions = predict_serving(stored, self.backbone, torch.stack(tensors), withdrawn)
         results = []
+        serving = version == self.state.current_version()
         for prediction in predictions:
-            if prediction.withdrawn:
-                message = (f"cluster {prediction.cluster[:12]} is withdrawn until the unlearning of a revoked "
-                           f"owner publishes a new model; no prediction")
-                results.append({"label": None, "class": None, "cluster": prediction.cluster, "withdrawn": True,
-                                "message": message})
-            else:
+            if not prediction.withdrawn:
                 results.append({"label": prediction.label, "class": stored.classes[prediction.label],
                                 "cluster": prediction.cluster, "withdrawn": False, "message": ""})
+                continue
+            if serving:
+                message = (f"cluster {prediction.cluster[:12]} is withdrawn until the unlearning of a revoked "
+                           f"owner publishes a new model; no prediction")
+            else:
+                message = (f"a revoked owner trained cluster {prediction.cluster[:12]}; use the model version "
+                           f"published after its unlearning")
+            results.append({"label": None, "class": None, "cluster": prediction.cluster, "withdrawn": True,
+                            "message": message})
         return {"model": version, "predictions": results}
 
 

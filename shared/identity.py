@@ -141,12 +141,13 @@ def _read_pem(path: Path, label: str) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError as error:
-        raise IdentityError(f"{label} file {str(path)!r} not found; check the path or generate a key") from error
+        raise IdentityError(f"{label} file {str(path)!r} not found; check the path (an owner creates keys with 'lmeraser owner keygen', and a server's "
+                            f"public key is the server-signing.pub of its state directory)") from error
     except OSError as error:
         raise IdentityError(f"cannot read {label} file {str(path)!r}: {error.strerror}") from error
     if b"-----BEGIN " not in data:
         raise IdentityError(f"{label} file {str(path)!r} is not a PEM file (no '-----BEGIN' line); "
-                            f"pass a PEM key such as one written by generate_key")
+                            f"pass a PEM key file such as one written by 'lmeraser owner keygen'")
     return data
 
 
