@@ -82,6 +82,9 @@ class GridTransport:
                                              timeout=self.timeout)
         nodes = {}
         for message in replies:
+            if message.has_error():
+                raise LmeraserError(f"node {message.metadata.src_node_id} did not answer the hello: "
+                                    f"{message.error.reason}; check that its SuperNode runs")
             reply = reply_from_message(message)
             if reply.error:
                 raise LmeraserError(f"node {message.metadata.src_node_id} failed to start: {reply.error}")
@@ -101,7 +104,15 @@ class GridTransport:
         owner_of = {self.nodes[owner]: owner for owner in tasks}
         replies = self.grid.send_and_receive(self._messages({self.nodes[o]: t for o, t in tasks.items()}),
                                              timeout=self.timeout)
-        return {owner_of[m.metadata.src_node_id]: reply_from_message(m) for m in replies}
+        results = {}
+        for message in replies:
+            # The SuperLink answers for a node that went away with an error message of its own.
+            if message.has_error() or message.metadata.src_node_id not in owner_of:
+                logger.warning("no result from node %s: %s", message.metadata.src_node_id,
+                               message.error.reason if message.has_error() else "unknown sender")
+                continue
+            results[owner_of[message.metadata.src_node_id]] = reply_from_message(message)
+        return results
 
 
 def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:

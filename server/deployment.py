@@ -139,6 +139,9 @@ class DeployedTransport(GridTransport):
         nodes: dict[str, int] = {}
         for message in replies:
             node_id = message.metadata.src_node_id
+            if message.has_error():  # the node went away; the next discovery may find it again
+                logger.warning("node %s did not answer the hello: %s", node_id, message.error.reason)
+                continue
             reply = reply_from_message(message)
             owner = str(reply.config.get("owner", ""))
             reason = self._rejection(owner, names.get(node_id, ""), reply)

@@ -280,3 +280,24 @@ def test_server_killed_during_unlearning_resumes(federation: LocalFederation) ->
     receipt = verify_receipt(load_public_key(federation.state_dir / "server-signing.pub"), revocations[0].receipt)
     unlearned = ModelStore(federation.state_dir).load(receipt.new_model)
     assert compare_models(unlearned, federation.reference(["owner-000"])) == []
+
+
+def test_node_dropping_mid_round_recorded(federation: LocalFederation) -> None:
+    # A new owner over owner-001's images joins the one owner left, then its SuperNode dies mid-job.
+    federation.call("join", "owner-y", "--data", federation.config["data"]["owner-001"])
+    job_id = int(federation.lmeraser("server", "train", "--state-dir", str(federation.state_dir))
+                 .stdout.split()[2])
+    federation.wait_job(job_id, done_rounds=1)
+    federation.call("kill", "node-owner-y", "--hard")
+    federation.wait_job(job_id)
+
+    job = federation.state().job(job_id)
+    assert job.status == "done", job.error
+    assert job.result["owners"] == ["owner-000", "owner-y"]
+    ledger = job.result["ledger"]
+    completed = {len(entry) > 3 and entry[3] for members in ledger.values() for owner, entry in members.items()
+                 if owner == "owner-y"}
+    full = {len(entry) for members in ledger.values() for owner, entry in members.items() if owner == "owner-000"}
+    assert completed and all(isinstance(value, int) and 1 <= value < 3 for value in completed)
+    assert full == {3}
+    assert federation.state().current_version() == job.result["version"]
