@@ -1,6 +1,6 @@
 """Owner commands: ``lmeraser owner keygen|enrol|revoke|status|receipt|verify-receipt``.
 
-An owner holds two keys: an Ed25519 identity key that signs enrolment and revocation requests,
+An owner has two keys: an Ed25519 identity key that signs enrolment and revocation requests,
 and an EC P-384 node key that authenticates the owner's SuperNode to the SuperLink.
 """
 

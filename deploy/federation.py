@@ -2,7 +2,7 @@
 """Start and stop a whole local federation on 127.0.0.1: SuperLink, lmeraser server and owners.
 
 Every process gets its own ports and a PID file under ``RUN/pids``, and logs under ``RUN/logs``.
-The SuperLink runs with TLS, SuperNode authentication and a persistent database; each owner has
+The SuperLink runs with TLS, SuperNode authentication and a persistent database. Each owner has
 an identity key, a SuperNode key registered through enrolment, and its own image folder.
 
 Examples::
@@ -179,7 +179,7 @@ def add_owner(layout: Layout, owner: str) -> None:
 def command_start(arguments: argparse.Namespace) -> int:
     layout = Layout(Path(arguments.run))
     if layout.config_path.exists():
-        raise SystemExit(f"error: {layout.run} already holds a federation; stop it and choose a new --run folder")
+        raise SystemExit(f"error: {layout.run} already contains a federation; stop it and choose a new --run folder")
     busy = [port for port in _planned_ports(arguments.base_port, arguments.owners) if _in_use(port)]
     if busy:
         raise SystemExit(f"error: ports {busy} on 127.0.0.1 are in use (another federation?); stop it or pass "

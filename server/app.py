@@ -83,7 +83,7 @@ class GridTransport:
         nodes = {}
         for message in replies:
             if message.has_error():
-                raise LmeraserError(f"node {message.metadata.src_node_id} did not answer the hello: "
+                raise LmeraserError(f"node {message.metadata.src_node_id} did not reply to the hello: "
                                     f"{message.error.reason}; check that its SuperNode runs")
             reply = reply_from_message(message)
             if reply.error:
@@ -106,7 +106,7 @@ class GridTransport:
                                              timeout=self.timeout)
         results = {}
         for message in replies:
-            # The SuperLink answers for a node that went away with an error message of its own.
+            # For a node that went away, the SuperLink replies with an error message of its own.
             if message.has_error() or message.metadata.src_node_id not in owner_of:
                 logger.warning("no result from node %s: %s", message.metadata.src_node_id,
                                message.error.reason if message.has_error() else "unknown sender")

@@ -58,17 +58,17 @@ def command_train(arguments: argparse.Namespace) -> int:
     if not arguments.wait:
         return 0
     deadline = time.monotonic() + arguments.wait_timeout
-    shown = None
+    last_printed = None
     while state.job(job_id).status not in (DONE, FAILED):
         if time.monotonic() > deadline:
             raise LmeraserError(f"training job {job_id} not finished within {arguments.wait_timeout:.0f} s; "
                                 f"check 'lmeraser server status' and the server's logs")
         job = state.job(job_id)
         progress = (job.status, job.progress.get("done", 0), job.progress.get("total", 0), job.attempts)
-        if progress != shown:
+        if progress != last_printed:
             rounds = f", round {progress[1]}/{progress[2]} done" if progress[2] else ""
             print(f"training job {job_id}: {job.status}{rounds} (attempt {job.attempts})", flush=True)
-            shown = progress
+            last_printed = progress
         time.sleep(2.0)
     job = state.job(job_id)
     if job.status == FAILED:

@@ -140,7 +140,7 @@ class DeployedTransport(GridTransport):
         for message in replies:
             node_id = message.metadata.src_node_id
             if message.has_error():  # the node went away; the next discovery may find it again
-                logger.warning("node %s did not answer the hello: %s", node_id, message.error.reason)
+                logger.warning("node %s did not reply to the hello: %s", node_id, message.error.reason)
                 continue
             reply = reply_from_message(message)
             owner = str(reply.config.get("owner", ""))

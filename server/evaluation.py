@@ -79,14 +79,21 @@ def predict(model: ModelVersion, backbone: Backbone, images: torch.Tensor,
     if temperature is None:
         temperature = model.routing_temperature
     weights = routing_weights(features, np.stack([c.prototype for c in served]), temperature)
-    mixture = np.zeros((len(images), num_classes))
-    for index, cluster in enumerate(served):
+    mixture = _mix_clusters(model, backbone, images, weights)
+    return Prediction(mixture.argmax(1), [served[i].key for i in weights.argmax(1)])
+
+
+def _mix_clusters(model: ModelVersion, backbone: Backbone, images: torch.Tensor, weights: np.ndarray) -> np.ndarray:
+    """Return class probabilities (N, classes) mixed over served clusters by ``weights`` (N, C);
+    a cluster runs its prompt and head only on the inputs that give it weight."""
+    mixture = np.zeros((len(images), len(model.classes)))
+    for index, cluster in enumerate(model.served_clusters):
         routed = np.flatnonzero(weights[:, index] > 0)
         if len(routed):
             logits = predict_logits(backbone, model.parameters[cluster.key], images[torch.from_numpy(routed)],
-                                    num_classes, model.prompt_width)
+                                    len(model.classes), model.prompt_width)
             mixture[routed] += weights[routed, index, None] * torch.softmax(logits, 1).numpy()
-    return Prediction(mixture.argmax(1), [served[i].key for i in weights.argmax(1)])
+    return mixture
 
 
 def evaluate(model: ModelVersion, backbone: Backbone, test: ImageSet,
@@ -153,12 +160,6 @@ def predict_serving(model: ModelVersion, backbone: Backbone, images: torch.Tenso
     serving = ~blocked[nearest]
     weights[serving] /= weights[serving].sum(1, keepdims=True)
 
-    mixture = np.zeros((len(images), len(model.classes)))
-    for index, cluster in enumerate(served):
-        routed = np.flatnonzero(weights[:, index] > 0)
-        if len(routed):
-            logits = predict_logits(backbone, model.parameters[cluster.key], images[torch.from_numpy(routed)],
-                                    len(model.classes), model.prompt_width)
-            mixture[routed] += weights[routed, index, None] * torch.softmax(logits, 1).numpy()
+    mixture = _mix_clusters(model, backbone, images, weights)
     return [ServedPrediction(int(mixture[i].argmax()) if serving[i] else None, served[nearest[i]].key, not serving[i])
             for i in range(len(images))]

@@ -1,7 +1,7 @@
 """The deployed server: the owners' control service and the job launcher, in one process.
 
-``lmeraser server start`` runs :func:`serve`. The control service checks and commits owners'
-requests (:class:`ControlService`); the launcher (:class:`JobLauncher`) submits every job that
+``lmeraser server start`` runs :func:`serve`. The control service (:class:`ControlService`)
+checks and commits owners' requests. The launcher (:class:`JobLauncher`) submits every job that
 has no outcome yet to the SuperLink, one at a time, and resubmits it after a failure. Both work
 on the state database, so a restarted server carries on with whatever was accepted before.
 """
@@ -226,11 +226,9 @@ class ControlService:
 
     def predict(self, model: str, images: list[bytes]) -> dict[str, Any]:
         """Classify encoded images with a model version, never using a withdrawn cluster."""
-        import numpy as np
         import torch
-        from PIL import Image, UnidentifiedImageError
 
-        from ..shared.data import _resize
+        from ..shared.data import _read_image
         from .evaluation import predict_serving
 
         version = model or self.state.current_version()
@@ -244,13 +242,11 @@ class ControlService:
 
         tensors = []
         for index, data in enumerate(images):
-            try:
-                with Image.open(io.BytesIO(data)) as image:
-                    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-            except (UnidentifiedImageError, OSError, ValueError) as error:
-                raise ControlError("invalid", f"image {index} is not a readable image ({error}); send PNG or "
-                                              f"JPEG files") from None
-            tensors.append(_resize(torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0), stored.input_size)[0])
+            tensor = _read_image(io.BytesIO(data), stored.input_size)
+            if tensor is None:
+                raise ControlError("invalid", f"image {index} of the request is not a readable image; send PNG "
+                                              f"or JPEG files")
+            tensors.append(tensor)
 
         withdrawn = self.withdrawn_clusters(stored)
         predictions = predict_serving(stored, self.backbone, torch.stack(tensors), withdrawn)

@@ -51,7 +51,7 @@ state-dir = ""
 
 @dataclasses.dataclass
 class ServerSettings:
-    """Where the server's pieces are and which job configuration the federation trains with.
+    """Locations of the server's parts, and the job configuration the federation trains with.
 
     Attributes
     ----------

@@ -1,8 +1,8 @@
 """Durable server state: owners, jobs, model versions, revocations and the audit log in SQLite.
 
-One database file, ``state.db`` in the state directory, in WAL mode with full synchronous
-commits, so that several processes on the server host (the control service and the ServerApp
-running a job) can share it and a committed row survives a crash. Tensors stay in the
+One database file, ``state.db`` in the state directory, runs in WAL mode with full synchronous
+commits. So several processes on the server host (the control service and the ServerApp running
+a job) can share it, and a committed row survives a crash. Tensors stay in the
 :class:`~lmeraser.server.model.ModelStore` beside it; the database records which version is
 published. Every method that changes state runs in one transaction, together with the audit
 entry that records the change.

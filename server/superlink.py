@@ -55,7 +55,7 @@ class SuperLinkAdmin:
             completed = subprocess.run(command, env=flower_environment(self.settings), capture_output=True,
                                        text=True, timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            raise ControlError("unavailable", f"the SuperLink at {self.settings.superlink} did not answer "
+            raise ControlError("unavailable", f"the SuperLink at {self.settings.superlink} did not respond to "
                                               f"'flwr {arguments[0]} {arguments[1]}' within {self.timeout:.0f} s; "
                                               f"check that it runs") from None
         output = completed.stdout.strip()

@@ -15,6 +15,7 @@ import gzip
 import logging
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -100,7 +101,7 @@ def load_digits(size: int) -> ImageSet:
 # ---------------------------------------------------------------------------- folders
 
 
-def _read_image(path: Path, size: int) -> torch.Tensor | None:
+def _read_image(path: Path | BinaryIO, size: int) -> torch.Tensor | None:
     from PIL import Image, UnidentifiedImageError
 
     try:

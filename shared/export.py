@@ -1,7 +1,7 @@
 """Write a data set's simulated owner partitions as image folders, one per owner.
 
-Deployed owners read their images from an ImageFolder tree; this turns the embedded digits (or
-any supported data set) into such trees so that a deployment can be tried without private data.
+Deployed owners read their images from an ImageFolder tree. This turns the embedded digits (or
+any supported data set) into such trees, so that a deployment can be tried without private data.
 Images are written as PNG at the job's input size, byte for byte the pixels a simulation uses.
 """
 
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 def _write_tree(data: ImageSet, indices: np.ndarray, root: Path) -> None:
     from PIL import Image
 
-    # Only classes the owner holds get a folder: an empty class folder is an error when read.
+    # Only classes the owner has images of get a folder, because an empty class folder is an error when read.
     for index in indices:
         pixels = data.images[int(index)].permute(1, 2, 0).numpy()
         folder = root / data.classes[int(data.labels[index])]
@@ -38,7 +38,7 @@ def export_partitions(job: JobConfig, out: str | Path) -> dict[str, int]:
     Raises
     ------
     DataError
-        ``out`` already holds owner folders, or the data set cannot be partitioned.
+        ``out`` is not empty, or the data set cannot be partitioned.
     """
     from ..client.owners import backbone_for, datasets_for
 

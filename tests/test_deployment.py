@@ -2,10 +2,11 @@
 authentication, the lmeraser server, and three owners' SuperNodes over gRPC, each with its own
 image folder (digits split three ways).
 
-The tests run in file order on one federation: a node with other backbone weights is rejected,
-training survives a SuperLink restart, a revocation through the control service gives a
-verified receipt and the tensors of a fresh federation without the owner, the revoked node
-cannot rejoin, and a server killed during unlearning resumes to the same tensors and one receipt.
+The tests run in file order on one federation. A node with other backbone weights is rejected,
+and training survives a SuperLink restart. A revocation through the control service gives a
+verified receipt and the tensors of a fresh federation without the owner, and the revoked node
+cannot rejoin. A server killed during unlearning resumes to the same tensors and one receipt,
+and a SuperNode killed mid-training leaves its completed rounds in the ledger.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def test_fleet_link_is_grpc_over_tls(federation: LocalFederation) -> None:
     assert f"pid={federation.pid('superlink')}" in listening
     assert "127.0.0.1" in listening
 
-    # Each owner's SuperNode holds a connection to the Fleet API.
+    # Each owner's SuperNode has a connection to the Fleet API.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         established = subprocess.run(["ss", "-Htnp", "state", "established", f"dport = :{federation.fleet_port}"],

@@ -1,8 +1,8 @@
 """Owners that stop replying mid-training, and jobs that resume from a checkpoint.
 
-The engine runs here with in-process owners; a transport wrapper withholds one owner's replies
-from a given training round on, which is what the Grid transport returns when a SuperNode dies
-and the round timeout passes.
+The engine runs here with in-process owners. A transport wrapper withholds one owner's replies
+from a given training round on, as the Grid transport does when a SuperNode dies and the round
+timeout passes.
 """
 
 from __future__ import annotations
