@@ -81,7 +81,12 @@ def _wait_port(port: int, name: str, timeout: float = 60.0) -> None:
 
 
 def _spawn(layout: Layout, name: str, command: list[str]) -> int:
-    """Start ``command`` detached, with its PID in ``pids/NAME.pid`` and output in ``logs/NAME.log``."""
+    """Start ``command`` detached, with its PID in ``pids/NAME.pid`` and output in ``logs/NAME.log``.
+
+    A process still running under that name is stopped first, so that its PID file is never
+    overwritten while it runs (``stop`` could not find it otherwise).
+    """
+    kill(layout, name)
     layout.pids.mkdir(parents=True, exist_ok=True)
     layout.logs.mkdir(parents=True, exist_ok=True)
     environment = _environment()
